@@ -1,0 +1,31 @@
+//! tensorgraph-core: the typed tensor IR, shape inference, compilation into
+//! plans with liveness, the executor, and the `Backend` trait that devices
+//! implement. Users normally depend on the `tensorgraph` facade instead.
+
+pub mod backend;
+pub mod device;
+pub mod dtype;
+pub mod error;
+mod exec;
+pub mod graph;
+pub mod liveness;
+pub mod op;
+pub mod plan;
+pub mod shape;
+mod tensor;
+pub mod ty;
+pub mod value;
+
+pub use backend::{Backend, BufferId, Env, Kernel, Meter, Segment};
+pub use device::Device;
+pub use dtype::DType;
+pub use error::{Ctx, Error, Result};
+pub use exec::RunStats;
+pub use graph::{Graph, Node, NodeId, Port};
+pub use liveness::MemoryPlan;
+pub use op::{BinaryOp, LayoutOp, Op, ReduceOp, SliceRange, SplitSpec, UnaryOp};
+pub use plan::{CompileOptions, Plan, Step, ValueId};
+pub use shape::Shape;
+pub use tensor::Tensor;
+pub use ty::TensorType;
+pub use value::Value;

@@ -1,0 +1,274 @@
+//! Compiling a graph into a `Plan`: prune to the requested outputs, order
+//! topologically, choose the backend, and attach liveness.
+
+use std::fmt;
+use std::ops::Range;
+use std::panic::Location;
+use std::sync::Arc;
+
+use petgraph::algo::toposort;
+use petgraph::visit::{Dfs, NodeFiltered, NodeIndexable, Reversed};
+
+use crate::backend::{Backend, Kernel};
+use crate::liveness::{self, MemoryPlan};
+use crate::{Ctx, Device, Error, Graph, NodeId, Op, Result, Tensor, TensorType};
+
+/// Identifies one value (one node output) within a plan. Shown as `%N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub usize);
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// One node of the graph, lowered: a kernel with its value bindings.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The node's name.
+    pub name: String,
+    /// The graph node it came from.
+    pub node: NodeId,
+    /// Where user code built the node.
+    pub location: &'static Location<'static>,
+    /// What to compute.
+    pub kernel: Kernel,
+    /// Operand values.
+    pub inputs: Vec<ValueId>,
+    /// Result values.
+    pub outputs: Vec<ValueId>,
+    /// Values whose last use is this step, freed right after it.
+    pub free_after: Vec<ValueId>,
+    /// Index of the backend in [`Plan::backends`].
+    pub device: usize,
+}
+
+impl Step {
+    /// The error context naming this step's node.
+    pub fn ctx(&self) -> Ctx {
+        Ctx {
+            op: self.kernel.op.name(),
+            node: self.name.clone(),
+            location: self.location,
+        }
+    }
+}
+
+/// An input the plan needs fed.
+#[derive(Debug, Clone)]
+pub(crate) struct FeedSlot {
+    pub(crate) name: String,
+    pub(crate) value: ValueId,
+    pub(crate) ty: TensorType,
+}
+
+/// How to compile: which device, and the backends to choose from.
+/// `tensorgraph::options(device)` fills in the backends this build has.
+#[derive(Clone, Default)]
+pub struct CompileOptions {
+    /// The device asked for.
+    pub device: Device,
+    /// Available backends, at most one per device.
+    pub backends: Vec<Arc<dyn Backend>>,
+}
+
+impl fmt::Debug for CompileOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.backends.iter().map(|b| b.name()).collect();
+        f.debug_struct("CompileOptions")
+            .field("device", &self.device)
+            .field("backends", &names)
+            .finish()
+    }
+}
+
+impl CompileOptions {
+    /// Options for `device` with the given backends.
+    pub fn new(device: Device, backends: Vec<Arc<dyn Backend>>) -> Self {
+        CompileOptions { device, backends }
+    }
+
+    /// The backend `device` resolves to: `Auto` takes a GPU when one is
+    /// present, else the CPU.
+    pub fn resolve(&self) -> Result<Arc<dyn Backend>> {
+        let find = |d: Device| self.backends.iter().find(|b| b.device() == d).cloned();
+        let unavailable = |hint: &str| Error::DeviceUnavailable {
+            device: self.device,
+            hint: hint.to_string(),
+        };
+        match self.device {
+            Device::Cpu => find(Device::Cpu).ok_or_else(|| unavailable("no CPU backend was given")),
+            Device::Gpu => find(Device::Gpu).ok_or_else(|| {
+                unavailable("no GPU backend: build with the `gpu` feature and check that a Vulkan, Metal or DX12 adapter exists")
+            }),
+            Device::Auto => find(Device::Gpu)
+                .or_else(|| find(Device::Cpu))
+                .ok_or_else(|| unavailable("no backend was given")),
+        }
+    }
+}
+
+/// A compiled plan: built once, run many times with new feeds. `Send +
+/// Sync`; several threads may run one plan at once.
+pub struct Plan {
+    pub(crate) steps: Vec<Step>,
+    pub(crate) types: Vec<TensorType>,
+    pub(crate) outputs: Vec<ValueId>,
+    pub(crate) feeds: Vec<FeedSlot>,
+    pub(crate) graph_inputs: Vec<String>,
+    pub(crate) backends: Vec<Arc<dyn Backend>>,
+    pub(crate) segments: Vec<(usize, Range<usize>)>,
+    /// The step producing each value.
+    pub(crate) producer: Vec<Option<usize>>,
+    pub(crate) memory: Vec<MemoryPlan>,
+}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plan")
+            .field("steps", &self.steps.len())
+            .field("segments", &self.segments.len())
+            .field("memory", &self.memory)
+            .finish()
+    }
+}
+
+impl Plan {
+    /// The steps in execution order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// The type of every value, indexed by [`ValueId`].
+    pub fn value_types(&self) -> &[TensorType] {
+        &self.types
+    }
+
+    /// The values returned by `run`, in the order requested.
+    pub fn outputs(&self) -> &[ValueId] {
+        &self.outputs
+    }
+
+    /// The backends the plan runs on; [`Step::device`] indexes this.
+    pub fn backends(&self) -> &[Arc<dyn Backend>] {
+        &self.backends
+    }
+
+    /// Planned memory per backend (same order as [`Plan::backends`]).
+    pub fn planned_memory(&self) -> &[MemoryPlan] {
+        &self.memory
+    }
+
+    /// Planned peak bytes, summed over devices.
+    pub fn planned_peak_bytes(&self) -> usize {
+        self.memory.iter().map(|m| m.peak_bytes).sum()
+    }
+}
+
+impl Graph {
+    /// Compiles the ancestors of `outputs` (and nothing else) into a plan.
+    pub fn compile(&self, outputs: &[&Tensor], options: &CompileOptions) -> Result<Plan> {
+        if outputs.is_empty() {
+            return Err(Error::NoOutputs);
+        }
+        if let Some(t) = outputs.iter().find(|t| !t.graph.same(self)) {
+            return Err(Error::ForeignOutput { node: t.name() });
+        }
+        let backend = options.resolve()?;
+        let g = self.lock();
+
+        // 1. Prune: a reverse DFS from the outputs marks their ancestors.
+        let reversed = Reversed(&g.dag);
+        let mut dfs = Dfs::empty(reversed);
+        for t in outputs {
+            dfs.move_to(t.port.node.0);
+            while dfs.next(reversed).is_some() {}
+        }
+        let keep = dfs.discovered;
+
+        // 2. Order: petgraph's toposort is iterative, so a chain of a
+        // million nodes does not overflow the stack.
+        let order = toposort(&NodeFiltered(&g.dag, &keep), None)
+            .map_err(|c| Error::Internal(format!("cycle at node {}", c.node_id().index())))?;
+
+        // 3. Lower each node to a step with value bindings.
+        let mut first_value = vec![usize::MAX; g.dag.node_bound()];
+        let mut types: Vec<TensorType> = Vec::new();
+        let mut steps = Vec::with_capacity(order.len());
+        let mut feeds = Vec::new();
+        for index in order {
+            let node = g.node(index)?;
+            let base = types.len();
+            first_value[index.index()] = base;
+            types.extend(node.outputs.iter().cloned());
+            let inputs: Vec<ValueId> = node
+                .inputs
+                .iter()
+                .map(|p| ValueId(first_value[p.node.0.index()] + p.output))
+                .collect();
+            let kernel = Kernel {
+                op: node.op.clone(),
+                inputs: inputs.iter().map(|v| types[v.0].clone()).collect(),
+                outputs: node.outputs.clone(),
+            };
+            if let Err(reason) = backend.supports(&kernel) {
+                return Err(Error::Unsupported {
+                    ctx: node.ctx(),
+                    backend: backend.name().to_string(),
+                    reason,
+                });
+            }
+            if let Op::Input { name } = &node.op {
+                feeds.push(FeedSlot {
+                    name: name.clone(),
+                    value: ValueId(base),
+                    ty: node.outputs[0].clone(),
+                });
+            }
+            steps.push(Step {
+                name: node.name.clone(),
+                node: NodeId(index),
+                location: node.location,
+                kernel,
+                inputs,
+                outputs: (base..base + node.outputs.len()).map(ValueId).collect(),
+                free_after: Vec::new(),
+                device: 0,
+            });
+        }
+        let outputs: Vec<ValueId> = outputs
+            .iter()
+            .map(|t| ValueId(first_value[t.port.node.0.index()] + t.port.output))
+            .collect();
+        let mut graph_inputs: Vec<String> = g.inputs.keys().cloned().collect();
+        graph_inputs.sort();
+        drop(g);
+
+        // 4. Liveness: free each value right after its last use.
+        let frees = liveness::free_lists(&steps, types.len(), &outputs);
+        for (step, frees) in steps.iter_mut().zip(frees) {
+            step.free_after = frees;
+        }
+        let memory = liveness::plan_memory(&steps, &types, 1);
+        let segments = vec![(0, 0..steps.len())];
+        let mut producer = vec![None; types.len()];
+        for (i, step) in steps.iter().enumerate() {
+            for v in &step.outputs {
+                producer[v.0] = Some(i);
+            }
+        }
+        Ok(Plan {
+            producer,
+            steps,
+            types,
+            outputs,
+            feeds,
+            graph_inputs,
+            backends: vec![backend],
+            segments,
+            memory,
+        })
+    }
+}
+
