@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::plan::{Step, ValueId};
+use crate::timeline::{self, EventKind, Recorder};
 use crate::{Device, Error, Op, Result, TensorType, Value};
 
 /// An opaque handle to a buffer owned by a backend.
@@ -113,16 +114,22 @@ impl Meter {
 pub struct Env<'a> {
     slots: Vec<AtomicU64>,
     feeds: Vec<Option<&'a Value>>,
+    pub(crate) recorder: Option<&'a Recorder>,
 }
 
 /// Slot value meaning "no buffer": ids are stored plus one.
 const EMPTY: u64 = 0;
 
 impl<'a> Env<'a> {
-    pub(crate) fn new(values: usize, feeds: Vec<Option<&'a Value>>) -> Self {
+    pub(crate) fn new(
+        values: usize,
+        feeds: Vec<Option<&'a Value>>,
+        recorder: Option<&'a Recorder>,
+    ) -> Self {
         Env {
             slots: (0..values).map(|_| AtomicU64::new(EMPTY)).collect(),
             feeds,
+            recorder,
         }
     }
 
@@ -172,16 +179,28 @@ impl<'a> Env<'a> {
 
 /// Emits the `run` trace event of a step; backends call it as each starts.
 pub fn trace_run(step: &Step) {
+    Recorder::mark_start();
     tracing::debug!(target: "tensorgraph", "run {}", step.name);
 }
 
 /// Frees the buffers whose last use was `step`, tracing each. Backends call
 /// this right after running a step.
+///
+/// When the run records a timeline, this also closes the step's slice
+/// (opened by [`trace_run`]) and marks each free.
 pub fn release_after(backend: &dyn Backend, step: &Step, env: &Env<'_>, meter: &Meter) -> Result<()> {
+    let track = env.recorder.map(|rec| {
+        let track = timeline::track(backend.device().name());
+        rec.step_done(&step.name, step.kernel.op.name(), track.clone());
+        track
+    });
     for &v in &step.free_after {
         if let Some(buffer) = env.take(v) {
             backend.free(buffer, meter)?;
             tracing::debug!(target: "tensorgraph", "free {v} after {}", step.name);
+            if let (Some(rec), Some(track)) = (env.recorder, &track) {
+                rec.event(EventKind::Free, v.to_string(), track.clone(), None);
+            }
         }
     }
     Ok(())

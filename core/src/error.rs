@@ -283,6 +283,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Writing or rendering a file failed.
+    #[error("cannot write `{path}`: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A broken invariant inside tensorgraph: a bug, please report it.
     #[error("internal error (a tensorgraph bug): {0}")]
     Internal(String),

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
+use std::time::Instant;
+
 use crate::backend::{Env, Meter};
+use crate::timeline::{EventKind, Recorder, Timeline};
 use crate::plan::Plan;
 use crate::{Error, Result, Value};
 
@@ -25,8 +28,24 @@ impl Plan {
 
     /// [`Plan::run`], also returning the memory the run really used.
     pub fn run_with_stats(&self, feeds: &[(&str, Value)]) -> Result<(Vec<Value>, RunStats)> {
+        self.run_inner(feeds, None)
+    }
+
+    /// [`Plan::run`], also returning a timeline of the run: one slice per
+    /// step, a mark per free, a slice per download.
+    pub fn run_traced(&self, feeds: &[(&str, Value)]) -> Result<(Vec<Value>, Timeline)> {
+        let recorder = Recorder::new();
+        let (out, _) = self.run_inner(feeds, Some(&recorder))?;
+        Ok((out, recorder.finish()))
+    }
+
+    fn run_inner(
+        &self,
+        feeds: &[(&str, Value)],
+        recorder: Option<&Recorder>,
+    ) -> Result<(Vec<Value>, RunStats)> {
         let bound = self.bind_feeds(feeds)?;
-        let env = Env::new(self.types.len(), bound);
+        let env = Env::new(self.types.len(), bound, recorder);
         let meters: Vec<Meter> = self.backends.iter().map(|_| Meter::default()).collect();
         let result = self.execute(&env, &meters);
         if result.is_err() {
@@ -57,7 +76,12 @@ impl Plan {
             let device = self.device_of(v);
             let backend = &self.backends[device];
             let buffer = env.buffer(v)?;
+            let start = Instant::now();
             let value = backend.download(buffer)?;
+            if let Some(rec) = env.recorder {
+                let track = format!("{}/transfers", backend.device());
+                rec.event(EventKind::Transfer, format!("download {v}"), track, Some(start));
+            }
             if let Some(b) = env.take(v) {
                 backend.free(b, &meters[device])?;
             }

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod device;
+pub mod dot;
 pub mod dtype;
 pub mod error;
 mod exec;
@@ -13,11 +14,13 @@ pub mod op;
 pub mod plan;
 pub mod shape;
 mod tensor;
+pub mod timeline;
 pub mod ty;
 pub mod value;
 
 pub use backend::{Backend, BufferId, Env, Kernel, Meter, Segment};
 pub use device::Device;
+pub use dot::{DotDetail, DotOptions, NodeStyle};
 pub use dtype::DType;
 pub use error::{Ctx, Error, Result};
 pub use exec::RunStats;
@@ -27,5 +30,6 @@ pub use op::{BinaryOp, LayoutOp, Op, ReduceOp, SliceRange, SplitSpec, UnaryOp};
 pub use plan::{CompileOptions, Plan, Step, ValueId};
 pub use shape::Shape;
 pub use tensor::Tensor;
+pub use timeline::{EventKind, Timeline, TimelineEvent};
 pub use ty::TensorType;
 pub use value::Value;
