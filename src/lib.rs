@@ -24,10 +24,24 @@ pub fn cpu_backend() -> Arc<dyn Backend> {
 /// The process-wide GPU backend, if this build has one and an adapter
 /// exists; otherwise why not.
 pub fn gpu_backend() -> Result<Arc<dyn Backend>> {
-    Err(Error::DeviceUnavailable {
-        device: Device::Gpu,
-        hint: "this build has no GPU backend yet; use Device::Cpu or Device::Auto".into(),
-    })
+    #[cfg(feature = "gpu")]
+    {
+        // Created once: adapter discovery is slow, and one device per
+        // process keeps one buffer pool and one pipeline cache.
+        static GPU: OnceLock<Result<Arc<dyn Backend>>> = OnceLock::new();
+        GPU.get_or_init(|| {
+            tensorgraph_wgpu::WgpuBackend::new().map(|b| Arc::new(b) as Arc<dyn Backend>)
+        })
+        .clone()
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        Err(Error::DeviceUnavailable {
+            device: Device::Gpu,
+            hint: "this build has no GPU backend (the `gpu` feature is off); use Device::Cpu or Device::Auto"
+                .into(),
+        })
+    }
 }
 
 /// Compile options for `device`, with every backend this build and machine

@@ -1,0 +1,188 @@
+//! The `Backend` trait for [`WgpuBackend`]: capability checks, buffers,
+//! transfers and synchronisation. Segment execution is in `exec.rs`.
+
+use std::sync::mpsc;
+
+use ndarray::{ArrayD, IxDyn};
+use tensorgraph_core::backend::{Env, Meter, Segment};
+use tensorgraph_core::{Backend, BufferId, DType, Device, Kernel, Op, Result, TensorType, Value};
+
+use crate::WgpuBackend;
+use crate::params::MAX_RANK;
+
+impl WgpuBackend {
+    /// Why a tensor of type `ty` cannot live on this device, if it cannot.
+    fn check_tensor(&self, ty: &TensorType) -> std::result::Result<(), String> {
+        let limits = &self.gpu.limits;
+        let bytes = ty.bytes() as u64;
+        if ty.shape.rank() > MAX_RANK {
+            return Err(format!(
+                "{ty} has rank {}; the GPU kernels address at most {MAX_RANK} axes",
+                ty.shape.rank()
+            ));
+        }
+        if bytes > limits.max_buffer_size {
+            return Err(format!(
+                "{ty} is {bytes} bytes, larger than this adapter's max_buffer_size ({} bytes); run it on the CPU",
+                limits.max_buffer_size
+            ));
+        }
+        if bytes.next_multiple_of(16) > limits.max_storage_buffer_binding_size {
+            return Err(format!(
+                "{ty} is {bytes} bytes, larger than this adapter's max_storage_buffer_binding_size ({} bytes); run it on the CPU",
+                limits.max_storage_buffer_binding_size
+            ));
+        }
+        if ty.shape.numel() > u32::MAX as usize {
+            return Err(format!("{ty} has more elements than the shaders' 32-bit indices reach"));
+        }
+        Ok(())
+    }
+
+    /// Uploads `value` into a fresh pool buffer with `Queue::write_buffer`
+    /// and reports it to `meter`.
+    pub(crate) fn upload_value(&self, value: &Value, meter: &Meter) -> std::result::Result<BufferId, String> {
+        let ty = value.ty();
+        self.check_tensor(&ty)?;
+        let (id, buffer) = self.pool.alloc(&ty, true)?;
+        let bytes: Vec<u8> = match value {
+            Value::F32(a) => match a.as_slice() {
+                Some(s) => bytemuck::cast_slice(s).to_vec(),
+                None => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            },
+            Value::I32(a) => match a.as_slice() {
+                Some(s) => bytemuck::cast_slice(s).to_vec(),
+                None => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            },
+        };
+        if !bytes.is_empty() {
+            self.gpu.queue.write_buffer(&buffer, 0, &bytes);
+        }
+        meter.alloc(ty.bytes());
+        Ok(id)
+    }
+
+    /// Copies a buffer to the host: a staging copy, one submit, a map and
+    /// a blocking poll.
+    fn read_back(&self, id: BufferId) -> std::result::Result<Value, String> {
+        let slot = self.pool.get(id)?;
+        let ty = slot.ty;
+        let bytes = ty.bytes() as u64;
+        let data = if bytes == 0 {
+            Vec::new()
+        } else {
+            let device = &self.gpu.device;
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("tensorgraph download"),
+                size: bytes.next_multiple_of(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("tensorgraph download"),
+            });
+            encoder.copy_buffer_to_buffer(&slot.buffer, 0, &staging, 0, bytes.next_multiple_of(4));
+            self.gpu.queue.submit([encoder.finish()]);
+            let (tx, rx) = mpsc::channel();
+            staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                // The receiver outlives the poll below; a failed send only
+                // means the caller already gave up.
+                let _ = tx.send(r);
+            });
+            device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| format!("waiting for the GPU failed: {e}"))?;
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(format!("download failed: {e}"));
+            }
+            rx.recv()
+                .map_err(|_| "buffer mapping was abandoned".to_string())?
+                .map_err(|e| format!("mapping the download buffer failed: {e}"))?;
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| format!("reading the mapped buffer failed: {e}"))?;
+            let data = view[..bytes as usize].to_vec();
+            drop(view);
+            staging.unmap();
+            data
+        };
+        let words = data.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+        let shape = IxDyn(ty.shape.dims());
+        let bad = |e: ndarray::ShapeError| format!("downloaded data does not fit {ty}: {e}");
+        Ok(match ty.dtype {
+            DType::F32 => Value::F32(ArrayD::from_shape_vec(shape, words.map(f32::from_le_bytes).collect()).map_err(bad)?),
+            DType::I32 => Value::I32(ArrayD::from_shape_vec(shape, words.map(i32::from_le_bytes).collect()).map_err(bad)?),
+        })
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn device(&self) -> Device {
+        Device::Gpu
+    }
+
+    fn supports(&self, kernel: &Kernel) -> std::result::Result<(), String> {
+        for ty in kernel.inputs.iter().chain(&kernel.outputs) {
+            self.check_tensor(ty)?;
+        }
+        let dtype = kernel.inputs.first().or(kernel.outputs.first()).map(|t| t.dtype);
+        match &kernel.op {
+            Op::Unary(u) if u.float_only() && dtype == Some(DType::I32) => {
+                Err(format!("{} is defined for f32 only", u.name()))
+            }
+            Op::Unary(_) => Ok(()),
+            Op::Input { .. }
+            | Op::Constant(_)
+            | Op::Binary(_)
+            | Op::MatMul
+            | Op::Reduce { .. }
+            | Op::Layout(_)
+            | Op::Concat { .. }
+            | Op::Split { .. }
+            | Op::Cast(_) => Ok(()),
+        }
+    }
+
+    fn alloc(&self, ty: &TensorType, meter: &Meter) -> Result<BufferId> {
+        self.check_tensor(ty).map_err(|m| self.error("alloc", m))?;
+        let (id, _) = self.pool.alloc(ty, false).map_err(|m| self.error("alloc", m))?;
+        meter.alloc(ty.bytes());
+        Ok(id)
+    }
+
+    fn free(&self, buffer: BufferId, meter: &Meter) -> Result<()> {
+        let ty = self.pool.free(buffer).map_err(|m| self.error("free", m))?;
+        meter.free(ty.bytes());
+        Ok(())
+    }
+
+    fn upload(&self, value: &Value, meter: &Meter) -> Result<BufferId> {
+        self.upload_value(value, meter).map_err(|m| self.error("upload", m))
+    }
+
+    fn download(&self, buffer: BufferId) -> Result<Value> {
+        self.read_back(buffer).map_err(|m| self.error("download", m))
+    }
+
+    fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {
+        self.run_segment(segment, env)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| self.error("synchronize", format!("waiting for the GPU failed: {e}")))
+    }
+
+    fn live_buffers(&self) -> usize {
+        self.pool.live()
+    }
+}

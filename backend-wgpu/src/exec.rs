@@ -1,0 +1,113 @@
+//! Running a segment: every step recorded into one encoder, submitted once
+//! without waiting. Validation and out-of-memory errors of the whole
+//! segment are caught in error scopes and returned as `Err`.
+
+use tensorgraph_core::backend::{Env, Meter, Segment, release_after, trace_run};
+use tensorgraph_core::{LayoutOp, Op, Result, Step};
+
+use crate::WgpuBackend;
+use crate::kernels::{Operand, elementwise, layout, matmul, reduce};
+use crate::record::Recorder;
+
+impl WgpuBackend {
+    pub(crate) fn run_segment(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {
+        let _recording = self
+            .recording
+            .lock()
+            .map_err(|_| self.error("execute", "recording lock poisoned".into()))?;
+        let device = &self.gpu.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.pool.begin_recording().map_err(|m| self.error("execute", m))?;
+        let mut rec = Recorder::new(&self.gpu, &self.pipelines);
+        let mut last = "execute";
+        let mut result = Ok(());
+        for step in segment.steps {
+            last = &step.name;
+            trace_run(step);
+            result = self
+                .record_step(&mut rec, step, env, segment.meter)
+                .and_then(|()| release_after(self, step, env, segment.meter));
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = rec.submit().map_err(|m| self.error(last, m));
+        }
+        let ended = self.pool.end_recording().map_err(|m| self.error("execute", m));
+        let oom = pollster::block_on(oom.pop());
+        let validation = pollster::block_on(validation.pop());
+        result?;
+        ended?;
+        match oom.or(validation) {
+            None => Ok(()),
+            Some(e) => Err(self.error(last, format!("the GPU rejected the segment: {e}"))),
+        }
+    }
+
+    /// Records one step: uploads for sources, dispatches for the rest.
+    fn record_step(&self, rec: &mut Recorder<'_>, step: &Step, env: &Env<'_>, meter: &Meter) -> Result<()> {
+        let fail = |m: String| self.error(&step.name, m);
+        let k = &step.kernel;
+        match &k.op {
+            Op::Input { .. } | Op::Constant(_) => {
+                let out = *step.outputs.first().ok_or_else(|| fail("no output".into()))?;
+                let value = match &k.op {
+                    Op::Constant(v) => v.as_ref(),
+                    _ => env.feed(out)?,
+                };
+                let id = self.upload_value(value, meter).map_err(fail)?;
+                return env.set(out, id);
+            }
+            _ => {}
+        }
+        let mut inputs = Vec::with_capacity(step.inputs.len());
+        for &v in &step.inputs {
+            let slot = self.pool.get(env.buffer(v)?).map_err(fail)?;
+            inputs.push(Operand {
+                buffer: slot.buffer,
+                ty: slot.ty,
+            });
+        }
+        let mut outputs = Vec::with_capacity(step.outputs.len());
+        for (&v, ty) in step.outputs.iter().zip(&k.outputs) {
+            let (id, buffer) = self.pool.alloc(ty, false).map_err(fail)?;
+            meter.alloc(ty.bytes());
+            env.set(v, id)?;
+            outputs.push(Operand {
+                buffer,
+                ty: ty.clone(),
+            });
+        }
+        lower(rec, &k.op, &inputs, &outputs).map_err(fail)
+    }
+}
+
+fn nth(xs: &[Operand], i: usize) -> std::result::Result<&Operand, String> {
+    xs.get(i).ok_or_else(|| format!("missing operand {i}"))
+}
+
+/// The one exhaustive match from ops to kernels.
+fn lower(rec: &mut Recorder<'_>, op: &Op, xs: &[Operand], ys: &[Operand]) -> std::result::Result<(), String> {
+    let y = nth(ys, 0)?;
+    match op {
+        Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not dispatched".into()),
+        Op::Unary(u) => elementwise::unary(rec, *u, nth(xs, 0)?, y),
+        Op::Binary(b) => elementwise::binary(rec, *b, nth(xs, 0)?, nth(xs, 1)?, y),
+        Op::Cast(to) => elementwise::cast(rec, *to, nth(xs, 0)?, y),
+        Op::MatMul => matmul::matmul(rec, nth(xs, 0)?, nth(xs, 1)?, y),
+        Op::Reduce { op, axes, keep_dims: _ } => reduce::reduce(rec, *op, axes, nth(xs, 0)?, y),
+        Op::Layout(l) => match l {
+            LayoutOp::Reshape(_) => {
+                layout::reshape(rec, nth(xs, 0)?, y);
+                Ok(())
+            }
+            LayoutOp::Permute(perm) => layout::permute(rec, perm, nth(xs, 0)?, y),
+            LayoutOp::BroadcastTo(_) => layout::broadcast_to(rec, nth(xs, 0)?, y),
+            LayoutOp::Slice(ranges) => layout::slice(rec, ranges, nth(xs, 0)?, y),
+        },
+        Op::Concat { axis } => layout::concat(rec, *axis, xs, y),
+        Op::Split { axis, sizes: _ } => layout::split(rec, *axis, nth(xs, 0)?, ys),
+    }
+}

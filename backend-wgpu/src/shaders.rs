@@ -1,0 +1,269 @@
+//! The WGSL sources, one file per op family under `shaders/`, and their
+//! `{{name}}` templating: a [`ShaderKey`] names a shader with its template
+//! arguments and is what pipelines are cached by.
+//!
+//! Dtype and op dispatch into WGSL happens here, in one place: each op
+//! maps to an expression over the helpers its shader file defines.
+
+use tensorgraph_core::{BinaryOp, DType, ReduceOp, UnaryOp};
+
+/// One WGSL file of `shaders/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shader {
+    /// One-operand elementwise ops.
+    Unary,
+    /// Two-operand elementwise ops with broadcasting.
+    Binary,
+    /// Dtype conversion.
+    Cast,
+    /// Workgroup tree reductions.
+    Reduce,
+    /// Strided copies: permute, broadcast, slice, concat, split.
+    Layout,
+    /// Tiled, batched matrix product.
+    MatMul,
+}
+
+impl Shader {
+    /// Every shader file.
+    pub const ALL: [Shader; 6] = [
+        Shader::Unary,
+        Shader::Binary,
+        Shader::Cast,
+        Shader::Reduce,
+        Shader::Layout,
+        Shader::MatMul,
+    ];
+
+    /// The file's name, e.g. `matmul.wgsl`.
+    pub const fn file(self) -> &'static str {
+        match self {
+            Shader::Unary => "unary.wgsl",
+            Shader::Binary => "binary.wgsl",
+            Shader::Cast => "cast.wgsl",
+            Shader::Reduce => "reduce.wgsl",
+            Shader::Layout => "layout.wgsl",
+            Shader::MatMul => "matmul.wgsl",
+        }
+    }
+
+    /// The template source, before expansion.
+    pub const fn source(self) -> &'static str {
+        match self {
+            Shader::Unary => include_str!("../../shaders/unary.wgsl"),
+            Shader::Binary => include_str!("../../shaders/binary.wgsl"),
+            Shader::Cast => include_str!("../../shaders/cast.wgsl"),
+            Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Shader::Layout => include_str!("../../shaders/layout.wgsl"),
+            Shader::MatMul => include_str!("../../shaders/matmul.wgsl"),
+        }
+    }
+}
+
+/// Replaces every `{{name}}` in `source` by its value; an error names any
+/// placeholder left over (a missing argument or a typo).
+pub fn expand(source: &str, args: &[(&str, &str)]) -> Result<String, String> {
+    let mut out = source.to_string();
+    for (name, value) in args {
+        out = out.replace(&format!("{{{{{name}}}}}"), value);
+    }
+    match out.find("{{") {
+        None => Ok(out),
+        Some(at) => {
+            let rest = &out[at..];
+            let end = rest.find("}}").map_or(rest.len().min(32), |e| e + 2);
+            Err(format!("unexpanded placeholder `{}`", &rest[..end]))
+        }
+    }
+}
+
+/// A shader with its template arguments: one compute pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShaderKey {
+    /// The file.
+    pub shader: Shader,
+    /// `(placeholder, value)` pairs.
+    pub args: Vec<(&'static str, String)>,
+}
+
+impl ShaderKey {
+    fn new(shader: Shader, args: &[(&'static str, &str)]) -> Self {
+        ShaderKey {
+            shader,
+            args: args.iter().map(|&(k, v)| (k, v.to_string())).collect(),
+        }
+    }
+
+    /// The expanded WGSL.
+    pub fn source(&self) -> Result<String, String> {
+        let args: Vec<(&str, &str)> = self.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        expand(self.shader.source(), &args).map_err(|e| format!("{}: {e}", self.label()))
+    }
+
+    /// A readable label, e.g. `binary.wgsl T=f32 EXPR=a + b`.
+    pub fn label(&self) -> String {
+        let mut s = self.shader.file().to_string();
+        for (k, v) in &self.args {
+            s.push_str(&format!(" {k}={v}"));
+        }
+        s
+    }
+}
+
+/// The WGSL name of an element type.
+pub const fn wgsl_type(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::I32 => "i32",
+    }
+}
+
+/// The unary kernel for `op` on `dtype`; `None` where the op is undefined
+/// (transcendental ops on integers, which the builder already rejects).
+pub fn unary(op: UnaryOp, dtype: DType) -> Option<ShaderKey> {
+    let expr = match (op, dtype) {
+        (UnaryOp::Neg, DType::F32) => "-v",
+        (UnaryOp::Neg, DType::I32) => "0 - v",
+        (UnaryOp::Abs, _) => "abs(v)",
+        (UnaryOp::Relu, DType::F32) => "relu_f32(v)",
+        (UnaryOp::Relu, DType::I32) => "max(v, 0)",
+        (UnaryOp::Exp, DType::F32) => "exp(v)",
+        (UnaryOp::Log, DType::F32) => "log(v)",
+        (UnaryOp::Sqrt, DType::F32) => "sqrt(v)",
+        (UnaryOp::Tanh, DType::F32) => "tanh_safe(v)",
+        (UnaryOp::Sigmoid, DType::F32) => "sigmoid(v)",
+        (UnaryOp::Sin, DType::F32) => "sin(v)",
+        (UnaryOp::Cos, DType::F32) => "cos(v)",
+        (
+            UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Sqrt
+            | UnaryOp::Tanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Sin
+            | UnaryOp::Cos,
+            DType::I32,
+        ) => return None,
+    };
+    Some(ShaderKey::new(
+        Shader::Unary,
+        &[("T", wgsl_type(dtype)), ("EXPR", expr)],
+    ))
+}
+
+/// The binary kernel for `op` on `dtype`.
+pub fn binary(op: BinaryOp, dtype: DType) -> ShaderKey {
+    let expr = match (op, dtype) {
+        (BinaryOp::Add, _) => "a + b",
+        (BinaryOp::Sub, _) => "a - b",
+        (BinaryOp::Mul, _) => "a * b",
+        (BinaryOp::Div, DType::F32) => "a / b",
+        (BinaryOp::Div, DType::I32) => "div_i32(a, b)",
+        (BinaryOp::Max, DType::F32) => "max_f32(a, b)",
+        (BinaryOp::Max, DType::I32) => "max(a, b)",
+        (BinaryOp::Min, DType::F32) => "min_f32(a, b)",
+        (BinaryOp::Min, DType::I32) => "min(a, b)",
+        (BinaryOp::Pow, DType::F32) => "pow_f32(a, b)",
+        (BinaryOp::Pow, DType::I32) => "pow_i32(a, b)",
+    };
+    ShaderKey::new(Shader::Binary, &[("T", wgsl_type(dtype)), ("EXPR", expr)])
+}
+
+/// The conversion kernel from `from` to `to`.
+pub fn cast(from: DType, to: DType) -> ShaderKey {
+    let expr = match (from, to) {
+        (DType::F32, DType::I32) => "f32_to_i32(v)",
+        (DType::I32, DType::F32) => "f32(v)",
+        (DType::F32, DType::F32) | (DType::I32, DType::I32) => "v",
+    };
+    ShaderKey::new(
+        Shader::Cast,
+        &[("SRC", wgsl_type(from)), ("DST", wgsl_type(to)), ("EXPR", expr)],
+    )
+}
+
+/// The reduction kernel for `op` on `dtype` with `wg` threads a group.
+pub fn reduce(op: ReduceOp, dtype: DType, wg: u32) -> ShaderKey {
+    let t = wgsl_type(dtype);
+    let combine = match op {
+        ReduceOp::Sum | ReduceOp::Mean => format!("add_{t}"),
+        ReduceOp::Max => format!("max_{t}"),
+        ReduceOp::Min => format!("min_{t}"),
+    };
+    let finish = match (op, dtype) {
+        (ReduceOp::Mean, DType::F32) => "acc / f32(p.n_red)",
+        (ReduceOp::Mean, DType::I32) => "mean_i32(acc, p.n_red)",
+        (ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min, _) => "acc",
+    };
+    ShaderKey::new(
+        Shader::Reduce,
+        &[("T", t), ("WG", &wg.to_string()), ("COMBINE", &combine), ("FINISH", finish)],
+    )
+}
+
+/// The bits of the identity of `op`'s fold on `dtype`.
+pub fn reduce_identity(op: ReduceOp, dtype: DType) -> u32 {
+    match (op, dtype) {
+        (ReduceOp::Sum | ReduceOp::Mean, DType::F32) => 0.0f32.to_bits(),
+        (ReduceOp::Sum | ReduceOp::Mean, DType::I32) => 0,
+        (ReduceOp::Max, DType::F32) => f32::NEG_INFINITY.to_bits(),
+        (ReduceOp::Max, DType::I32) => i32::MIN as u32,
+        (ReduceOp::Min, DType::F32) => f32::INFINITY.to_bits(),
+        (ReduceOp::Min, DType::I32) => i32::MAX as u32,
+    }
+}
+
+/// The strided-copy kernel on `dtype`.
+pub fn layout(dtype: DType) -> ShaderKey {
+    ShaderKey::new(Shader::Layout, &[("T", wgsl_type(dtype))])
+}
+
+/// The matmul kernel on `dtype`.
+pub fn matmul(dtype: DType) -> ShaderKey {
+    ShaderKey::new(Shader::MatMul, &[("T", wgsl_type(dtype))])
+}
+
+/// Workgroup sizes the reduction is built with: small for short
+/// reductions, so threads are not left idle.
+pub const REDUCE_WGS: [u32; 2] = [64, 256];
+
+/// Every pipeline variant the backend can build, for validation tests.
+pub fn all_variants() -> Vec<ShaderKey> {
+    let dtypes = [DType::F32, DType::I32];
+    let mut out = Vec::new();
+    for &d in &dtypes {
+        out.extend(UnaryOp::ALL.iter().filter_map(|&u| unary(u, d)));
+        out.extend(BinaryOp::ALL.iter().map(|&b| binary(b, d)));
+        for &to in &dtypes {
+            out.push(cast(d, to));
+        }
+        for &r in &ReduceOp::ALL {
+            out.extend(REDUCE_WGS.iter().map(|&wg| reduce(r, d, wg)));
+        }
+        out.push(layout(d));
+        out.push(matmul(d));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expand_replaces_and_reports_leftovers() {
+        assert_eq!(expand("x {{A}} {{A}}", &[("A", "1")]), Ok("x 1 1".to_string()));
+        let err = expand("x {{A}} {{B}}", &[("A", "1")]).expect_err("B is missing");
+        assert!(err.contains("{{B}}"), "{err}");
+    }
+
+    #[test]
+    fn every_variant_expands_fully() {
+        let variants = all_variants();
+        assert!(variants.len() > 40);
+        for key in variants {
+            let src = key.source().expect("expands");
+            assert!(!src.contains("{{") && !src.contains("}}"), "{}", key.label());
+        }
+    }
+}

@@ -1,0 +1,51 @@
+// cast.wgsl: elementwise dtype conversion, y[i] = {{EXPR}} of x[i].
+//
+// Bindings (group 0):
+//   0  x: array<{{SRC}}>         read-only storage, the operand
+//   1  y: array<{{DST}}>         read_write storage, the result
+//   2  p: Params                 uniform
+// struct Params { n: u32 (elements), _pad0, _pad1, _pad2 }
+//
+// Template: {{SRC}}, {{DST}} element types (f32 | i32); {{EXPR}} an
+// expression of `v` (helpers below). Dispatch as in unary.wgsl.
+
+struct Params {
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<{{SRC}}>;
+@group(0) @binding(1) var<storage, read_write> y: array<{{DST}}>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// f32 -> i32 truncating toward zero, saturating; NaN becomes 0 (Rust `as`).
+fn f32_to_i32(v: f32) -> i32 {
+    if is_nan(v) {
+        return 0;
+    }
+    if v >= 2147483648.0 {
+        return 2147483647;
+    }
+    if v <= -2147483648.0 {
+        return -2147483647 - 1;
+    }
+    return i32(v);
+}
+
+fn op(v: {{SRC}}) -> {{DST}} {
+    return {{EXPR}};
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if i < p.n {
+        y[i] = op(x[i]);
+    }
+}

@@ -1,0 +1,139 @@
+// reduce.wgsl: reductions as a workgroup tree in shared memory. One
+// workgroup per output element: its {{WG}} threads stride over the reduced
+// elements, each folding a private partial, then halve the partials in
+// workgroup memory until one is left.
+//
+// The input is addressed through two strided index spaces: the kept axes
+// (which output) and the reduced axes (which element of the reduction), so
+// any axis set reduces without a copy.
+//
+// Bindings (group 0):
+//   0  x: array<{{T}}>           read-only storage, the operand
+//   1  y: array<{{T}}>           read_write storage, one value per output
+//   2  p: Params                 uniform
+// struct Params {
+//   n_out: u32, n_red: u32, kept_rank: u32, red_rank: u32,
+//   identity: u32,   // bits of the fold's identity ({{T}}), e.g. -inf for max
+//   _pad0: u32, _pad1: u32, _pad2: u32,
+//   kept_shape: array<vec4<u32>, 2>,   kept_strides: array<vec4<u32>, 2>,
+//   red_shape: array<vec4<u32>, 2>,    red_strides: array<vec4<u32>, 2>,
+// }
+//
+// Template: {{T}} element type; {{WG}} threads per workgroup (power of
+// two); {{COMBINE}} a function name folding two {{T}}s (helpers below);
+// {{FINISH}} an expression of the total `acc` and the count `p.n_red`.
+// Dispatch: n_out workgroups, folded into y past the per-dimension cap.
+
+struct Params {
+    n_out: u32,
+    n_red: u32,
+    kept_rank: u32,
+    red_rank: u32,
+    identity: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    kept_shape: array<vec4<u32>, 2>,
+    kept_strides: array<vec4<u32>, 2>,
+    red_shape: array<vec4<u32>, 2>,
+    red_strides: array<vec4<u32>, 2>,
+}
+
+const WG: u32 = {{WG}}u;
+
+@group(0) @binding(0) var<storage, read> x: array<{{T}}>;
+@group(0) @binding(1) var<storage, read_write> y: array<{{T}}>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+var<workgroup> partial: array<{{T}}, WG>;
+
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn add_f32(a: f32, b: f32) -> f32 {
+    return a + b;
+}
+
+fn add_i32(a: i32, b: i32) -> i32 {
+    return a + b;
+}
+
+// NaN-propagating, as the CPU backend's max2/min2.
+fn max_f32(a: f32, b: f32) -> f32 {
+    return select(max(a, b), a + b, is_nan(a) || is_nan(b));
+}
+
+fn min_f32(a: f32, b: f32) -> f32 {
+    return select(min(a, b), a + b, is_nan(a) || is_nan(b));
+}
+
+fn max_i32(a: i32, b: i32) -> i32 {
+    return max(a, b);
+}
+
+fn min_i32(a: i32, b: i32) -> i32 {
+    return min(a, b);
+}
+
+// Truncating integer mean; an empty mean is 0.
+fn mean_i32(acc: i32, count: u32) -> i32 {
+    if count == 0u {
+        return 0;
+    }
+    return acc / i32(count);
+}
+
+fn kept_offset(o: u32) -> u32 {
+    var rest = o;
+    var off = 0u;
+    for (var d = i32(p.kept_rank) - 1; d >= 0; d = d - 1) {
+        let k = u32(d);
+        let dim = p.kept_shape[k / 4u][k % 4u];
+        off = off + (rest % dim) * p.kept_strides[k / 4u][k % 4u];
+        rest = rest / dim;
+    }
+    return off;
+}
+
+fn red_offset(r: u32) -> u32 {
+    var rest = r;
+    var off = 0u;
+    for (var d = i32(p.red_rank) - 1; d >= 0; d = d - 1) {
+        let k = u32(d);
+        let dim = p.red_shape[k / 4u][k % 4u];
+        off = off + (rest % dim) * p.red_strides[k / 4u][k % 4u];
+        rest = rest / dim;
+    }
+    return off;
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let o = wid.x + wid.y * nwg.x;
+    // Uniform per workgroup: idle groups still reach every barrier.
+    let live = o < p.n_out;
+    var acc = bitcast<{{T}}>(p.identity);
+    if live {
+        let base = kept_offset(o);
+        for (var r = lid.x; r < p.n_red; r = r + WG) {
+            acc = {{COMBINE}}(acc, x[base + red_offset(r)]);
+        }
+    }
+    partial[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if lid.x < s {
+            partial[lid.x] = {{COMBINE}}(partial[lid.x], partial[lid.x + s]);
+        }
+        workgroupBarrier();
+    }
+    if live && lid.x == 0u {
+        let acc = partial[0];
+        y[o] = {{FINISH}};
+    }
+}
