@@ -24,6 +24,9 @@ struct Args {
     /// Where to write graph.svg, plan.svg and trace.json.
     #[arg(long, default_value = ".")]
     out_dir: PathBuf,
+    /// Picture format: svg, png or pdf.
+    #[arg(long, default_value = "svg")]
+    format: String,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,10 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     std::fs::create_dir_all(&args.out_dir)?;
     for (name, dot) in [
-        ("graph.svg", g.to_dot(&DotOptions::full())),
-        ("plan.svg", plan.to_dot()),
+        ("graph", g.to_dot(&DotOptions::full())),
+        ("plan", plan.to_dot()),
     ] {
-        match viz::render(&dot, args.out_dir.join(name))? {
+        let path = args.out_dir.join(name).with_extension(&args.format);
+        match viz::render(&dot, path)? {
             Rendered::Image(p) => println!("wrote {}", p.display()),
             Rendered::DotOnly { dot, hint } => println!("wrote {} ({hint})", dot.display()),
         }
