@@ -102,7 +102,10 @@ fn full_mode_and_styles_parse() {
         },
     );
     let dot = g.to_dot(&options);
-    assert!(dot.contains("f32[3, 2]"), "tensors carry dtype and shape:\n{dot}");
+    assert!(
+        dot.contains("f32[3, 2]"),
+        "tensors carry dtype and shape:\n{dot}"
+    );
     assert!(dot.contains("fillcolor=\"gold\""), "{dot}");
     assert!(dot.contains("shape=octagon"), "{dot}");
     assert!(dot.contains("rank=same"), "{dot}");
@@ -117,7 +120,10 @@ fn plan_dot_shows_devices_and_liveness() {
         .expect("compile");
     let dot = plan.to_dot();
     assert!(dot.contains("on cpu"), "{dot}");
-    assert!(dot.contains("24 B, live"), "values carry bytes and intervals:\n{dot}");
+    assert!(
+        dot.contains("24 B, live"),
+        "values carry bytes and intervals:\n{dot}"
+    );
     assert!(dot.contains("end (output)"), "{dot}");
     graphviz_parse(&dot);
 }
@@ -134,7 +140,12 @@ fn timeline_has_one_slice_per_step_without_overlap_per_track() {
     ];
     let (outputs, timeline) = plan.run_traced(&feeds).expect("run");
     assert_eq!(
-        outputs[0].as_f32().expect("f32").iter().copied().collect::<Vec<_>>(),
+        outputs[0]
+            .as_f32()
+            .expect("f32")
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
         vec![-3.0f32; 6]
     );
     let slices: Vec<_> = timeline.steps().collect();
@@ -159,6 +170,10 @@ fn timeline_has_one_slice_per_step_without_overlap_per_track() {
     }
     assert!(timeline.events.iter().any(|e| e.kind == EventKind::Free));
     let json = timeline.to_chrome_json();
-    assert_eq!(json.matches("\"ph\":\"X\"").count(), slices.len() + 1, "steps + one download");
+    assert_eq!(
+        json.matches("\"ph\":\"X\"").count(),
+        slices.len() + 1,
+        "steps + one download"
+    );
     assert!(json.starts_with("{\"traceEvents\":["));
 }
