@@ -34,14 +34,20 @@ impl WgpuBackend {
             ));
         }
         if ty.shape.numel() > u32::MAX as usize {
-            return Err(format!("{ty} has more elements than the shaders' 32-bit indices reach"));
+            return Err(format!(
+                "{ty} has more elements than the shaders' 32-bit indices reach"
+            ));
         }
         Ok(())
     }
 
     /// Uploads `value` into a fresh pool buffer with `Queue::write_buffer`
     /// and reports it to `meter`.
-    pub(crate) fn upload_value(&self, value: &Value, meter: &Meter) -> std::result::Result<BufferId, String> {
+    pub(crate) fn upload_value(
+        &self,
+        value: &Value,
+        meter: &Meter,
+    ) -> std::result::Result<BufferId, String> {
         let ty = value.ty();
         self.check_tensor(&ty)?;
         let (id, buffer) = self.pool.alloc(&ty, true)?;
@@ -112,8 +118,14 @@ impl WgpuBackend {
         let shape = IxDyn(ty.shape.dims());
         let bad = |e: ndarray::ShapeError| format!("downloaded data does not fit {ty}: {e}");
         Ok(match ty.dtype {
-            DType::F32 => Value::F32(ArrayD::from_shape_vec(shape, words.map(f32::from_le_bytes).collect()).map_err(bad)?),
-            DType::I32 => Value::I32(ArrayD::from_shape_vec(shape, words.map(i32::from_le_bytes).collect()).map_err(bad)?),
+            DType::F32 => Value::F32(
+                ArrayD::from_shape_vec(shape, words.map(f32::from_le_bytes).collect())
+                    .map_err(bad)?,
+            ),
+            DType::I32 => Value::I32(
+                ArrayD::from_shape_vec(shape, words.map(i32::from_le_bytes).collect())
+                    .map_err(bad)?,
+            ),
         })
     }
 }
@@ -131,7 +143,11 @@ impl Backend for WgpuBackend {
         for ty in kernel.inputs.iter().chain(&kernel.outputs) {
             self.check_tensor(ty)?;
         }
-        let dtype = kernel.inputs.first().or(kernel.outputs.first()).map(|t| t.dtype);
+        let dtype = kernel
+            .inputs
+            .first()
+            .or(kernel.outputs.first())
+            .map(|t| t.dtype);
         match &kernel.op {
             Op::Unary(u) if u.float_only() && dtype == Some(DType::I32) => {
                 Err(format!("{} is defined for f32 only", u.name()))
@@ -151,7 +167,10 @@ impl Backend for WgpuBackend {
 
     fn alloc(&self, ty: &TensorType, meter: &Meter) -> Result<BufferId> {
         self.check_tensor(ty).map_err(|m| self.error("alloc", m))?;
-        let (id, _) = self.pool.alloc(ty, false).map_err(|m| self.error("alloc", m))?;
+        let (id, _) = self
+            .pool
+            .alloc(ty, false)
+            .map_err(|m| self.error("alloc", m))?;
         meter.alloc(ty.bytes());
         Ok(id)
     }
@@ -163,11 +182,13 @@ impl Backend for WgpuBackend {
     }
 
     fn upload(&self, value: &Value, meter: &Meter) -> Result<BufferId> {
-        self.upload_value(value, meter).map_err(|m| self.error("upload", m))
+        self.upload_value(value, meter)
+            .map_err(|m| self.error("upload", m))
     }
 
     fn download(&self, buffer: BufferId) -> Result<Value> {
-        self.read_back(buffer).map_err(|m| self.error("download", m))
+        self.read_back(buffer)
+            .map_err(|m| self.error("download", m))
     }
 
     fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {

@@ -18,7 +18,9 @@ impl WgpuBackend {
         let device = &self.gpu.device;
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        self.pool.begin_recording().map_err(|m| self.error("execute", m))?;
+        self.pool
+            .begin_recording()
+            .map_err(|m| self.error("execute", m))?;
         let mut rec = Recorder::new(&self.gpu, &self.pipelines);
         let mut last = "execute";
         let mut result = Ok(());
@@ -35,7 +37,10 @@ impl WgpuBackend {
         if result.is_ok() {
             result = rec.submit().map_err(|m| self.error(last, m));
         }
-        let ended = self.pool.end_recording().map_err(|m| self.error("execute", m));
+        let ended = self
+            .pool
+            .end_recording()
+            .map_err(|m| self.error("execute", m));
         let oom = pollster::block_on(oom.pop());
         let validation = pollster::block_on(validation.pop());
         result?;
@@ -47,12 +52,21 @@ impl WgpuBackend {
     }
 
     /// Records one step: uploads for sources, dispatches for the rest.
-    fn record_step(&self, rec: &mut Recorder<'_>, step: &Step, env: &Env<'_>, meter: &Meter) -> Result<()> {
+    fn record_step(
+        &self,
+        rec: &mut Recorder<'_>,
+        step: &Step,
+        env: &Env<'_>,
+        meter: &Meter,
+    ) -> Result<()> {
         let fail = |m: String| self.error(&step.name, m);
         let k = &step.kernel;
         match &k.op {
             Op::Input { .. } | Op::Constant(_) => {
-                let out = *step.outputs.first().ok_or_else(|| fail("no output".into()))?;
+                let out = *step
+                    .outputs
+                    .first()
+                    .ok_or_else(|| fail("no output".into()))?;
                 let value = match &k.op {
                     Op::Constant(v) => v.as_ref(),
                     _ => env.feed(out)?,
@@ -89,7 +103,12 @@ fn nth(xs: &[Operand], i: usize) -> std::result::Result<&Operand, String> {
 }
 
 /// The one exhaustive match from ops to kernels.
-fn lower(rec: &mut Recorder<'_>, op: &Op, xs: &[Operand], ys: &[Operand]) -> std::result::Result<(), String> {
+fn lower(
+    rec: &mut Recorder<'_>,
+    op: &Op,
+    xs: &[Operand],
+    ys: &[Operand],
+) -> std::result::Result<(), String> {
     let y = nth(ys, 0)?;
     match op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not dispatched".into()),
@@ -97,7 +116,11 @@ fn lower(rec: &mut Recorder<'_>, op: &Op, xs: &[Operand], ys: &[Operand]) -> std
         Op::Binary(b) => elementwise::binary(rec, *b, nth(xs, 0)?, nth(xs, 1)?, y),
         Op::Cast(to) => elementwise::cast(rec, *to, nth(xs, 0)?, y),
         Op::MatMul => matmul::matmul(rec, nth(xs, 0)?, nth(xs, 1)?, y),
-        Op::Reduce { op, axes, keep_dims: _ } => reduce::reduce(rec, *op, axes, nth(xs, 0)?, y),
+        Op::Reduce {
+            op,
+            axes,
+            keep_dims: _,
+        } => reduce::reduce(rec, *op, axes, nth(xs, 0)?, y),
         Op::Layout(l) => match l {
             LayoutOp::Reshape(_) => {
                 layout::reshape(rec, nth(xs, 0)?, y);

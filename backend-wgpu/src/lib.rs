@@ -30,8 +30,7 @@ use crate::pool::Pool;
 use crate::record::Gpu;
 
 /// What to tell a user whose machine offers no usable adapter.
-const NO_ADAPTER_HINT: &str =
-    "no GPU adapter found; on Linux install a Vulkan driver (apt-get install mesa-vulkan-drivers libvulkan1)";
+const NO_ADAPTER_HINT: &str = "no GPU adapter found; on Linux install a Vulkan driver (apt-get install mesa-vulkan-drivers libvulkan1)";
 
 /// The wgpu backend: one adapter's device, its buffer pool and pipelines.
 #[derive(Debug)]
@@ -57,17 +56,25 @@ impl WgpuBackend {
             device: Device::Gpu,
             hint,
         };
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            apply_limit_buckets: false,
-        }))
-        .map_err(|_| unavailable(NO_ADAPTER_HINT.to_string()))?;
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter =
+            pollster::block_on(
+                instance.request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                }),
+            )
+            .map_err(|_| unavailable(NO_ADAPTER_HINT.to_string()))?;
         let info = adapter.get_info();
         let downlevel = adapter.get_downlevel_capabilities();
-        if !downlevel.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+        if !downlevel
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
             return Err(unavailable(format!(
                 "adapter {} ({}) has no compute shaders; {NO_ADAPTER_HINT}",
                 info.name, info.backend
@@ -82,7 +89,12 @@ impl WgpuBackend {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| unavailable(format!("adapter {} ({}) refused a device: {e}", info.name, info.backend)))?;
+        .map_err(|e| {
+            unavailable(format!(
+                "adapter {} ({}) refused a device: {e}",
+                info.name, info.backend
+            ))
+        })?;
         // Errors outside our error scopes are logged, never a panic.
         device.on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| {
             tracing::error!(target: "tensorgraph", "wgpu: {e}");
@@ -91,7 +103,11 @@ impl WgpuBackend {
         tracing::info!(target: "tensorgraph", "GPU backend {name}");
         Ok(WgpuBackend {
             pool: Pool::new(device.clone(), limits.max_buffer_size),
-            gpu: Gpu { device, queue, limits },
+            gpu: Gpu {
+                device,
+                queue,
+                limits,
+            },
             info,
             pipelines: PipelineCache::default(),
             recording: Mutex::new(()),

@@ -20,7 +20,10 @@ impl Params {
     /// Appends one `array<vec4<u32>, 2>` field holding `values`.
     pub fn array(mut self, values: &[usize]) -> Result<Self, String> {
         if values.len() > MAX_RANK {
-            return Err(format!("rank {} exceeds the GPU backend's limit of {MAX_RANK}", values.len()));
+            return Err(format!(
+                "rank {} exceeds the GPU backend's limit of {MAX_RANK}",
+                values.len()
+            ));
         }
         let start = self.0.len();
         for &v in values {
@@ -63,7 +66,11 @@ pub fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
                 0
             } else {
                 let j = i - lead;
-                if dims[j] == 1 && out[i] != 1 { 0 } else { own[j] }
+                if dims[j] == 1 && out[i] != 1 {
+                    0
+                } else {
+                    own[j]
+                }
             }
         })
         .collect()
@@ -80,9 +87,10 @@ pub fn collapse(dims: &[usize], strides: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<
             continue;
         }
         let mergeable = !out_dims.is_empty()
-            && strides.iter().zip(&out_strides).all(|(s, o)| {
-                o.last().is_some_and(|&prev| prev == s[i] * d)
-            });
+            && strides
+                .iter()
+                .zip(&out_strides)
+                .all(|(s, o)| o.last().is_some_and(|&prev| prev == s[i] * d));
         if mergeable {
             if let Some(last) = out_dims.last_mut() {
                 *last *= d;
@@ -108,7 +116,9 @@ mod tests {
 
     #[test]
     fn params_layout() {
-        let p = Params::new(&[1, 2, 3, 4, 5]).array(&[7, 8]).expect("rank 2 fits");
+        let p = Params::new(&[1, 2, 3, 4, 5])
+            .array(&[7, 8])
+            .expect("rank 2 fits");
         assert_eq!(p.bytes().len(), (8 + 8) * 4);
         assert!(Params::new(&[]).array(&[1; 9]).is_err());
     }

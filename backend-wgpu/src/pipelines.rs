@@ -29,7 +29,10 @@ impl PipelineCache {
     /// The pipeline for `key`, built on first use. Shader compilation and
     /// validation errors come back as `Err` (caught in an error scope).
     pub fn get(&self, device: &wgpu::Device, key: &ShaderKey) -> Result<Arc<Pipeline>, String> {
-        let mut map = self.map.lock().map_err(|_| "pipeline cache lock poisoned".to_string())?;
+        let mut map = self
+            .map
+            .lock()
+            .map_err(|_| "pipeline cache lock poisoned".to_string())?;
         if let Some(p) = map.get(key) {
             return Ok(p.clone());
         }

@@ -71,12 +71,18 @@ impl Pool {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, String> {
-        self.state.lock().map_err(|_| "buffer pool lock poisoned".to_string())
+        self.state
+            .lock()
+            .map_err(|_| "buffer pool lock poisoned".to_string())
     }
 
     /// A buffer for a value of type `ty`. `for_upload` buffers avoid ones
     /// freed during the current recording (see the module docs).
-    pub fn alloc(&self, ty: &TensorType, for_upload: bool) -> Result<(BufferId, wgpu::Buffer), String> {
+    pub fn alloc(
+        &self,
+        ty: &TensorType,
+        for_upload: bool,
+    ) -> Result<(BufferId, wgpu::Buffer), String> {
         let bytes = ty.bytes() as u64;
         let mut class = size_class(bytes);
         if class > self.max_buffer {
@@ -118,7 +124,9 @@ impl Pool {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("tensorgraph tensor"),
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         match pollster::block_on(scope.pop()) {
@@ -209,7 +217,10 @@ mod tests {
         assert_eq!(size_class((1 << 20) + 1), (1 << 21) / 8 * 5);
         for b in [1u64, 100, 5000, 3 << 20, 123_456_789] {
             let c = size_class(b);
-            assert!(c >= b && c.is_multiple_of(16) && c <= b.max(16) * 2, "{b} -> {c}");
+            assert!(
+                c >= b && c.is_multiple_of(16) && c <= b.max(16) * 2,
+                "{b} -> {c}"
+            );
         }
     }
 }

@@ -45,7 +45,10 @@ impl Binding {
     pub fn vec4s(buffer: &wgpu::Buffer, bytes: usize) -> Self {
         Binding {
             buffer: buffer.clone(),
-            size: (bytes as u64).max(16).next_multiple_of(16).min(buffer.size()),
+            size: (bytes as u64)
+                .max(16)
+                .next_multiple_of(16)
+                .min(buffer.size()),
         }
     }
 }
@@ -111,7 +114,13 @@ impl<'a> Recorder<'a> {
 
     /// Records a dispatch of `groups` workgroups (nothing when zero) of
     /// the pipeline for `key`.
-    pub fn dispatch(&mut self, key: &ShaderKey, bindings: Vec<Binding>, params: Params, groups: u64) -> Result<(), String> {
+    pub fn dispatch(
+        &mut self,
+        key: &ShaderKey,
+        bindings: Vec<Binding>,
+        params: Params,
+        groups: u64,
+    ) -> Result<(), String> {
         if groups == 0 {
             return Ok(());
         }
@@ -222,7 +231,8 @@ fn bind_group(
     offset: u64,
     size: u64,
 ) -> Result<wgpu::BindGroup, String> {
-    let nonzero = |n: u64| NonZeroU64::new(n).ok_or_else(|| format!("empty binding in {}", pipeline.label));
+    let nonzero =
+        |n: u64| NonZeroU64::new(n).ok_or_else(|| format!("empty binding in {}", pipeline.label));
     let mut entries = Vec::with_capacity(bindings.len() + 1);
     for (i, b) in bindings.iter().enumerate() {
         entries.push(wgpu::BindGroupEntry {

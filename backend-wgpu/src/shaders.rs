@@ -178,7 +178,11 @@ pub fn cast(from: DType, to: DType) -> ShaderKey {
     };
     ShaderKey::new(
         Shader::Cast,
-        &[("SRC", wgsl_type(from)), ("DST", wgsl_type(to)), ("EXPR", expr)],
+        &[
+            ("SRC", wgsl_type(from)),
+            ("DST", wgsl_type(to)),
+            ("EXPR", expr),
+        ],
     )
 }
 
@@ -197,7 +201,12 @@ pub fn reduce(op: ReduceOp, dtype: DType, wg: u32) -> ShaderKey {
     };
     ShaderKey::new(
         Shader::Reduce,
-        &[("T", t), ("WG", &wg.to_string()), ("COMBINE", &combine), ("FINISH", finish)],
+        &[
+            ("T", t),
+            ("WG", &wg.to_string()),
+            ("COMBINE", &combine),
+            ("FINISH", finish),
+        ],
     )
 }
 
@@ -252,7 +261,10 @@ mod tests {
 
     #[test]
     fn expand_replaces_and_reports_leftovers() {
-        assert_eq!(expand("x {{A}} {{A}}", &[("A", "1")]), Ok("x 1 1".to_string()));
+        assert_eq!(
+            expand("x {{A}} {{A}}", &[("A", "1")]),
+            Ok("x 1 1".to_string())
+        );
         let err = expand("x {{A}} {{B}}", &[("A", "1")]).expect_err("B is missing");
         assert!(err.contains("{{B}}"), "{err}");
     }
@@ -263,7 +275,11 @@ mod tests {
         assert!(variants.len() > 40);
         for key in variants {
             let src = key.source().expect("expands");
-            assert!(!src.contains("{{") && !src.contains("}}"), "{}", key.label());
+            assert!(
+                !src.contains("{{") && !src.contains("}}"),
+                "{}",
+                key.label()
+            );
         }
     }
 }

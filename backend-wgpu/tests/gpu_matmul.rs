@@ -8,7 +8,11 @@ use ndarray::{ArrayD, IxDyn};
 use tensorgraph_core::{DType, Value};
 
 /// Reference `[.., m, k] x [.., k, n]` with NumPy batch broadcasting, in f64.
-fn reference<T: Copy>(a: &ArrayD<T>, b: &ArrayD<T>, to: impl Fn(T) -> f64) -> (Vec<usize>, Vec<f64>) {
+fn reference<T: Copy>(
+    a: &ArrayD<T>,
+    b: &ArrayD<T>,
+    to: impl Fn(T) -> f64,
+) -> (Vec<usize>, Vec<f64>) {
     let (ad, bd) = (a.shape(), b.shape());
     let (m, k, n) = (ad[ad.len() - 2], ad[ad.len() - 1], bd[bd.len() - 1]);
     let rank = ad.len().max(bd.len());
@@ -31,13 +35,19 @@ fn reference<T: Copy>(a: &ArrayD<T>, b: &ArrayD<T>, to: impl Fn(T) -> f64) -> (V
             rest /= batch[d];
         }
         let at = |p: &[usize], i: usize, j: usize| {
-            let mut v: Vec<usize> = idx.iter().zip(p).map(|(&c, &d)| if d == 1 { 0 } else { c }).collect();
+            let mut v: Vec<usize> = idx
+                .iter()
+                .zip(p)
+                .map(|(&c, &d)| if d == 1 { 0 } else { c })
+                .collect();
             v.extend([i, j]);
             v
         };
         for i in 0..m {
             for j in 0..n {
-                let s: f64 = (0..k).map(|q| to(a[IxDyn(&at(&pa, i, q))]) * to(b[IxDyn(&at(&pb, q, j))])).sum();
+                let s: f64 = (0..k)
+                    .map(|q| to(a[IxDyn(&at(&pa, i, q))]) * to(b[IxDyn(&at(&pb, q, j))]))
+                    .sum();
                 out.push(s);
             }
         }
@@ -54,10 +64,20 @@ fn check_f32(adims: &[usize], bdims: &[usize]) {
     let x = g.input("a", DType::F32, adims.to_vec()).expect("input");
     let y = g.input("b", DType::F32, bdims.to_vec()).expect("input");
     let z = x.matmul(&y).expect("matmul");
-    let out = run(&gpu, &[&z], &[("a", a.clone().into()), ("b", b.clone().into())]);
+    let out = run(
+        &gpu,
+        &[&z],
+        &[("a", a.clone().into()), ("b", b.clone().into())],
+    );
     let (dims, want) = reference(&a, &b, f64::from);
-    let want = ArrayD::from_shape_vec(IxDyn(&dims), want.into_iter().map(|v| v as f32).collect()).expect("shape");
-    assert_close(&out[0], &want, 1e-4, &format!("matmul {adims:?} x {bdims:?}"));
+    let want = ArrayD::from_shape_vec(IxDyn(&dims), want.into_iter().map(|v| v as f32).collect())
+        .expect("shape");
+    assert_close(
+        &out[0],
+        &want,
+        1e-4,
+        &format!("matmul {adims:?} x {bdims:?}"),
+    );
 }
 
 #[test]
@@ -112,7 +132,9 @@ fn matmul_i32_wraps() {
         let y = g.constant(b.clone());
         let out = run(&gpu, &[&x.matmul(&y).expect("matmul")], &[]);
         let (dims, want) = reference(&a, &b, |v| v as f64);
-        let want = ArrayD::from_shape_vec(IxDyn(&dims), want.into_iter().map(|v| v as i32).collect()).expect("shape");
+        let want =
+            ArrayD::from_shape_vec(IxDyn(&dims), want.into_iter().map(|v| v as i32).collect())
+                .expect("shape");
         assert_ints(&out[0], &want, &format!("i32 matmul {m}x{k}x{n}"));
     }
     // Overflow wraps like i32::wrapping_mul / wrapping_add.
@@ -120,6 +142,8 @@ fn matmul_i32_wraps() {
     let big = g.constant(ArrayD::from_elem(IxDyn(&[1, 2]), 65536));
     let col = g.constant(ArrayD::from_elem(IxDyn(&[2, 1]), 65536));
     let out = run(&gpu, &[&big.matmul(&col).expect("matmul")], &[]);
-    let want = 65536i32.wrapping_mul(65536).wrapping_add(65536i32.wrapping_mul(65536));
+    let want = 65536i32
+        .wrapping_mul(65536)
+        .wrapping_add(65536i32.wrapping_mul(65536));
     assert_eq!(out[0], Value::I32(ArrayD::from_elem(IxDyn(&[1, 1]), want)));
 }

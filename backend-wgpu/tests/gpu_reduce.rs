@@ -8,17 +8,37 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use tensorgraph_core::ReduceOp;
 
 /// Reduces `x` over `axes` with `f` folding one lane (as f64).
-fn reference<T: Copy>(x: &ArrayD<T>, axes: &[usize], keep: bool, f: impl Fn(&[T]) -> T) -> ArrayD<T> {
+fn reference<T: Copy>(
+    x: &ArrayD<T>,
+    axes: &[usize],
+    keep: bool,
+    f: impl Fn(&[T]) -> T,
+) -> ArrayD<T> {
     let dims = x.shape();
     let kept: Vec<usize> = (0..dims.len()).filter(|a| !axes.contains(a)).collect();
     let perm: Vec<usize> = kept.iter().chain(axes).copied().collect();
-    let moved = x.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned();
+    let moved = x
+        .view()
+        .permuted_axes(IxDyn(&perm))
+        .as_standard_layout()
+        .into_owned();
     let outer: usize = kept.iter().map(|&a| dims[a]).product();
     let lane: usize = axes.iter().map(|&a| dims[a]).product();
-    let flat = moved.into_shape_with_order(IxDyn(&[outer, lane])).expect("flatten");
-    let vals: Vec<T> = flat.axis_iter(Axis(0)).map(|row| f(&row.iter().copied().collect::<Vec<T>>())).collect();
+    let flat = moved
+        .into_shape_with_order(IxDyn(&[outer, lane]))
+        .expect("flatten");
+    let vals: Vec<T> = flat
+        .axis_iter(Axis(0))
+        .map(|row| f(&row.iter().copied().collect::<Vec<T>>()))
+        .collect();
     let out: Vec<usize> = (0..dims.len())
-        .filter_map(|a| if axes.contains(&a) { keep.then_some(1) } else { Some(dims[a]) })
+        .filter_map(|a| {
+            if axes.contains(&a) {
+                keep.then_some(1)
+            } else {
+                Some(dims[a])
+            }
+        })
         .collect();
     ArrayD::from_shape_vec(IxDyn(&out), vals).expect("shape")
 }
@@ -58,11 +78,22 @@ fn every_axis_set_of_a_rank3_tensor() {
             for keep in [false, true] {
                 let g = graph();
                 let a: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
-                let t = g.constant(x.clone()).apply_reduce(op, &a, keep).expect("reduce");
-                let ti = g.constant(xi.clone()).apply_reduce(op, &a, keep).expect("reduce");
+                let t = g
+                    .constant(x.clone())
+                    .apply_reduce(op, &a, keep)
+                    .expect("reduce");
+                let ti = g
+                    .constant(xi.clone())
+                    .apply_reduce(op, &a, keep)
+                    .expect("reduce");
                 let out = run(&gpu, &[&t, &ti], &[]);
                 let what = format!("{} over {axes:?} keep={keep}", op.name());
-                assert_close(&out[0], &reference(&x, axes, keep, f32_fold(op)), 1e-5, &what);
+                assert_close(
+                    &out[0],
+                    &reference(&x, axes, keep, f32_fold(op)),
+                    1e-5,
+                    &what,
+                );
                 assert_ints(&out[1], &reference(&xi, axes, keep, i32_fold(op)), &what);
             }
         }
@@ -78,8 +109,18 @@ fn long_and_tiny_lanes() {
         let s = g.constant(x.clone()).sum(&[1], false).expect("sum");
         let m = g.constant(x.clone()).max(&[0, 1], true).expect("max");
         let out = run(&gpu, &[&s, &m], &[]);
-        assert_close(&out[0], &reference(&x, &[1], false, f32_fold(ReduceOp::Sum)), 1e-4, "sum");
-        assert_close(&out[1], &reference(&x, &[0, 1], true, f32_fold(ReduceOp::Max)), 0.0, "max");
+        assert_close(
+            &out[0],
+            &reference(&x, &[1], false, f32_fold(ReduceOp::Sum)),
+            1e-4,
+            "sum",
+        );
+        assert_close(
+            &out[1],
+            &reference(&x, &[0, 1], true, f32_fold(ReduceOp::Max)),
+            0.0,
+            "max",
+        );
     }
 }
 
@@ -95,7 +136,10 @@ fn nan_propagates_and_empty_means() {
     let sum = empty.sum(&[1], false).expect("sum");
     let ei = g.constant(ArrayD::<i32>::zeros(IxDyn(&[3, 0])));
     let mean_i = ei.mean(&[1], false).expect("mean");
-    let neg = g.constant(ndarray::arr1(&[-7i32, 0]).into_dyn()).mean(&[0], false).expect("mean");
+    let neg = g
+        .constant(ndarray::arr1(&[-7i32, 0]).into_dyn())
+        .mean(&[0], false)
+        .expect("mean");
     let out = run(&gpu, &[&mx, &mn, &mean, &sum, &mean_i, &neg], &[]);
     let v = |i: usize| out[i].as_f32().expect("f32").to_owned();
     assert!(v(0)[0].is_nan() && v(0)[1] == 6.0);

@@ -13,15 +13,29 @@ pub fn unary(rec: &mut Recorder<'_>, op: UnaryOp, x: &Operand, y: &Operand) -> R
         .ok_or_else(|| format!("{} is not defined for {}", op.name(), x.ty.dtype))?;
     let n = y.numel();
     let params = Params::new(&[to_u32(n)?]);
-    rec.dispatch(&key, vec![x.binding(), y.binding()], params, (n as u64).div_ceil(WG))
+    rec.dispatch(
+        &key,
+        vec![x.binding(), y.binding()],
+        params,
+        (n as u64).div_ceil(WG),
+    )
 }
 
 /// `z = op(a, b)` with NumPy broadcasting.
-pub fn binary(rec: &mut Recorder<'_>, op: BinaryOp, a: &Operand, b: &Operand, z: &Operand) -> Result<(), String> {
+pub fn binary(
+    rec: &mut Recorder<'_>,
+    op: BinaryOp,
+    a: &Operand,
+    b: &Operand,
+    z: &Operand,
+) -> Result<(), String> {
     let out = z.dims();
     let (dims, strides) = collapse(
         out,
-        &[broadcast_strides(a.dims(), out), broadcast_strides(b.dims(), out)],
+        &[
+            broadcast_strides(a.dims(), out),
+            broadcast_strides(b.dims(), out),
+        ],
     );
     let n = z.numel();
     let params = Params::new(&[to_u32(n)?, to_u32(dims.len())?])
@@ -46,5 +60,10 @@ pub fn cast(rec: &mut Recorder<'_>, to: DType, x: &Operand, y: &Operand) -> Resu
     let n = y.numel();
     let params = Params::new(&[to_u32(n)?]);
     let key = shaders::cast(x.ty.dtype, to);
-    rec.dispatch(&key, vec![x.binding(), y.binding()], params, (n as u64).div_ceil(WG))
+    rec.dispatch(
+        &key,
+        vec![x.binding(), y.binding()],
+        params,
+        (n as u64).div_ceil(WG),
+    )
 }

@@ -24,15 +24,25 @@ fn strided(rec: &mut Recorder<'_>, dtype: DType, s: Strided<'_>) -> Result<(), S
     let (src, src_off, src_strides) = s.src;
     let (dst, dst_off, dst_strides) = s.dst;
     let (dims, strides) = collapse(s.dims, &[src_strides, dst_strides]);
-    let params = Params::new(&[to_u32(n)?, to_u32(dims.len())?, to_u32(src_off)?, to_u32(dst_off)?])
-        .array(&dims)?
-        .array(&strides[0])?
-        .array(&strides[1])?;
+    let params = Params::new(&[
+        to_u32(n)?,
+        to_u32(dims.len())?,
+        to_u32(src_off)?,
+        to_u32(dst_off)?,
+    ])
+    .array(&dims)?
+    .array(&strides[0])?
+    .array(&strides[1])?;
     let bindings = vec![
         Binding::scalars(&src.buffer, src.ty.bytes()),
         Binding::scalars(&dst.buffer, dst.ty.bytes()),
     ];
-    rec.dispatch(&shaders::layout(dtype), bindings, params, (n as u64).div_ceil(WG))
+    rec.dispatch(
+        &shaders::layout(dtype),
+        bindings,
+        params,
+        (n as u64).div_ceil(WG),
+    )
 }
 
 /// Same elements, new shape: a plain copy.
@@ -41,11 +51,20 @@ pub fn reshape(rec: &mut Recorder<'_>, x: &Operand, y: &Operand) {
 }
 
 /// Output axis `i` is input axis `perm[i]`.
-pub fn permute(rec: &mut Recorder<'_>, perm: &[usize], x: &Operand, y: &Operand) -> Result<(), String> {
+pub fn permute(
+    rec: &mut Recorder<'_>,
+    perm: &[usize],
+    x: &Operand,
+    y: &Operand,
+) -> Result<(), String> {
     let own = contiguous(x.dims());
     let src = perm
         .iter()
-        .map(|&p| own.get(p).copied().ok_or_else(|| format!("bad permutation {perm:?}")))
+        .map(|&p| {
+            own.get(p)
+                .copied()
+                .ok_or_else(|| format!("bad permutation {perm:?}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     strided(
         rec,
@@ -72,10 +91,19 @@ pub fn broadcast_to(rec: &mut Recorder<'_>, x: &Operand, y: &Operand) -> Result<
 }
 
 /// A strided window, one range per axis.
-pub fn slice(rec: &mut Recorder<'_>, ranges: &[SliceRange], x: &Operand, y: &Operand) -> Result<(), String> {
+pub fn slice(
+    rec: &mut Recorder<'_>,
+    ranges: &[SliceRange],
+    x: &Operand,
+    y: &Operand,
+) -> Result<(), String> {
     let own = contiguous(x.dims());
     if ranges.len() != own.len() {
-        return Err(format!("{} slice ranges for rank {}", ranges.len(), own.len()));
+        return Err(format!(
+            "{} slice ranges for rank {}",
+            ranges.len(),
+            own.len()
+        ));
     }
     let offset = ranges.iter().zip(&own).map(|(r, s)| r.start * s).sum();
     let src = ranges.iter().zip(&own).map(|(r, s)| r.step * s).collect();
@@ -91,9 +119,17 @@ pub fn slice(rec: &mut Recorder<'_>, ranges: &[SliceRange], x: &Operand, y: &Ope
 }
 
 /// Joins `xs` along `axis`: one strided copy per input into its window of `y`.
-pub fn concat(rec: &mut Recorder<'_>, axis: usize, xs: &[Operand], y: &Operand) -> Result<(), String> {
+pub fn concat(
+    rec: &mut Recorder<'_>,
+    axis: usize,
+    xs: &[Operand],
+    y: &Operand,
+) -> Result<(), String> {
     let out = contiguous(y.dims());
-    let step = out.get(axis).copied().ok_or_else(|| format!("concat axis {axis} out of range"))?;
+    let step = out
+        .get(axis)
+        .copied()
+        .ok_or_else(|| format!("concat axis {axis} out of range"))?;
     let mut at = 0;
     for x in xs {
         strided(
@@ -111,9 +147,17 @@ pub fn concat(rec: &mut Recorder<'_>, axis: usize, xs: &[Operand], y: &Operand) 
 }
 
 /// Cuts `x` along `axis` into `ys`: one strided copy per part.
-pub fn split(rec: &mut Recorder<'_>, axis: usize, x: &Operand, ys: &[Operand]) -> Result<(), String> {
+pub fn split(
+    rec: &mut Recorder<'_>,
+    axis: usize,
+    x: &Operand,
+    ys: &[Operand],
+) -> Result<(), String> {
     let own = contiguous(x.dims());
-    let step = own.get(axis).copied().ok_or_else(|| format!("split axis {axis} out of range"))?;
+    let step = own
+        .get(axis)
+        .copied()
+        .ok_or_else(|| format!("split axis {axis} out of range"))?;
     let mut at = 0;
     for y in ys {
         strided(

@@ -12,7 +12,10 @@ const TILE: usize = 64;
 pub fn matmul(rec: &mut Recorder<'_>, a: &Operand, b: &Operand, c: &Operand) -> Result<(), String> {
     let (ad, bd, cd) = (a.dims(), b.dims(), c.dims());
     if ad.len() < 2 || bd.len() < 2 || cd.len() < 2 {
-        return Err(format!("matmul needs rank >= 2 operands, got {} and {}", a.ty, b.ty));
+        return Err(format!(
+            "matmul needs rank >= 2 operands, got {} and {}",
+            a.ty, b.ty
+        ));
     }
     let (m, k, n) = (ad[ad.len() - 2], ad[ad.len() - 1], bd[bd.len() - 1]);
     if c.numel() == 0 {

@@ -9,7 +9,13 @@ use crate::shaders;
 
 /// `y = op(x)` over `axes` (sorted, distinct). `y`'s layout is the same
 /// with or without kept unit axes.
-pub fn reduce(rec: &mut Recorder<'_>, op: ReduceOp, axes: &[usize], x: &Operand, y: &Operand) -> Result<(), String> {
+pub fn reduce(
+    rec: &mut Recorder<'_>,
+    op: ReduceOp,
+    axes: &[usize],
+    x: &Operand,
+    y: &Operand,
+) -> Result<(), String> {
     let dims = x.dims();
     let strides = contiguous(dims);
     let (mut kept, mut kept_strides, mut red, mut red_strides) = (vec![], vec![], vec![], vec![]);
@@ -29,7 +35,11 @@ pub fn reduce(rec: &mut Recorder<'_>, op: ReduceOp, axes: &[usize], x: &Operand,
     let n_red: usize = red.iter().product();
     let (kept, kept_strides) = collapse(&kept, &[kept_strides]);
     let (red, red_strides) = collapse(&red, &[red_strides]);
-    let wg = if n_red <= 64 { shaders::REDUCE_WGS[0] } else { shaders::REDUCE_WGS[1] };
+    let wg = if n_red <= 64 {
+        shaders::REDUCE_WGS[0]
+    } else {
+        shaders::REDUCE_WGS[1]
+    };
     let dtype = x.ty.dtype;
     let params = Params::new(&[
         to_u32(n_out)?,

@@ -46,10 +46,14 @@ pub fn run(b: &Arc<WgpuBackend>, outputs: &[&Tensor], feeds: &[(&str, Value)]) -
 
 /// Deterministic values in [-1, 1) (a 64-bit LCG), seeded.
 pub fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -70,7 +74,9 @@ pub fn int_array(dims: &[usize], seed: u64, range: i32) -> ArrayD<i32> {
 /// (NaN matches NaN), naming the first mismatch.
 #[track_caller]
 pub fn assert_close(got: &Value, want: &ArrayD<f32>, tol: f32, what: &str) {
-    let got = got.as_f32().unwrap_or_else(|| panic!("{what}: expected f32, got {}", got.dtype()));
+    let got = got
+        .as_f32()
+        .unwrap_or_else(|| panic!("{what}: expected f32, got {}", got.dtype()));
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     for ((i, &g), &w) in got.indexed_iter().zip(want.iter()) {
         let ok = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tol * (1.0 + w.abs());
@@ -81,7 +87,9 @@ pub fn assert_close(got: &Value, want: &ArrayD<f32>, tol: f32, what: &str) {
 /// Asserts exact equality of an i32 result.
 #[track_caller]
 pub fn assert_ints(got: &Value, want: &ArrayD<i32>, what: &str) {
-    let got = got.as_i32().unwrap_or_else(|| panic!("{what}: expected i32, got {}", got.dtype()));
+    let got = got
+        .as_i32()
+        .unwrap_or_else(|| panic!("{what}: expected i32, got {}", got.dtype()));
     assert_eq!(got, want, "{what}");
 }
 
