@@ -1,7 +1,14 @@
-// reduce.wgsl: reductions as a workgroup tree in shared memory. One
-// workgroup per output element: its {{WG}} threads stride over the reduced
-// elements, each folding a private partial, then halve the partials in
-// workgroup memory until one is left.
+// reduce.wgsl: reductions as a workgroup tree in shared memory. A
+// workgroup of {{WG}} threads covers `cols` neighbouring outputs with
+// {{WG}} / cols lanes each: the lanes of an output stride over its reduced
+// elements, each folding a private partial, then the partials are halved in
+// workgroup memory until one per output is left.
+//
+// cols = 1 (row form) gives one output all {{WG}} threads: for reductions
+// over the innermost axes, where neighbouring threads read neighbouring
+// elements. cols = 16 (column form) is used when the innermost axis is
+// kept: 16 neighbouring outputs are then contiguous, so each group of 16
+// threads reads 16 neighbouring elements per step.
 //
 // The input is addressed through two strided index spaces: the kept axes
 // (which output) and the reduced axes (which element of the reduction), so
@@ -14,7 +21,8 @@
 // struct Params {
 //   n_out: u32, n_red: u32, kept_rank: u32, red_rank: u32,
 //   identity: u32,   // bits of the fold's identity ({{T}}), e.g. -inf for max
-//   _pad0: u32, _pad1: u32, _pad2: u32,
+//   cols: u32,       // outputs per workgroup: a power of two dividing {{WG}}
+//   _pad0: u32, _pad1: u32,
 //   kept_shape: array<vec4<u32>, 2>,   kept_strides: array<vec4<u32>, 2>,
 //   red_shape: array<vec4<u32>, 2>,    red_strides: array<vec4<u32>, 2>,
 // }
@@ -22,7 +30,7 @@
 // Template: {{T}} element type; {{WG}} threads per workgroup (power of
 // two); {{COMBINE}} a function name folding two {{T}}s (helpers below);
 // {{FINISH}} an expression of the total `acc` and the count `p.n_red`.
-// Dispatch: n_out workgroups, folded into y past the per-dimension cap.
+// Dispatch: ceil(n_out / cols) workgroups, folded into y past the cap.
 
 struct Params {
     n_out: u32,
@@ -30,9 +38,9 @@ struct Params {
     kept_rank: u32,
     red_rank: u32,
     identity: u32,
+    cols: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
     kept_shape: array<vec4<u32>, 2>,
     kept_strides: array<vec4<u32>, 2>,
     red_shape: array<vec4<u32>, 2>,
@@ -114,26 +122,30 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let o = wid.x + wid.y * nwg.x;
-    // Uniform per workgroup: idle groups still reach every barrier.
+    let cols = p.cols;
+    let lanes = WG / cols;
+    let col = lid.x % cols;
+    let lane = lid.x / cols;
+    let o = (wid.x + wid.y * nwg.x) * cols + col;
+    // Threads past the last output still reach every barrier.
     let live = o < p.n_out;
     var acc = bitcast<{{T}}>(p.identity);
     if live {
         let base = kept_offset(o);
-        for (var r = lid.x; r < p.n_red; r = r + WG) {
+        for (var r = lane; r < p.n_red; r = r + lanes) {
             acc = {{COMBINE}}(acc, x[base + red_offset(r)]);
         }
     }
     partial[lid.x] = acc;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if lid.x < s {
-            partial[lid.x] = {{COMBINE}}(partial[lid.x], partial[lid.x + s]);
+    for (var s = lanes / 2u; s > 0u; s = s / 2u) {
+        if lane < s {
+            partial[lid.x] = {{COMBINE}}(partial[lid.x], partial[lid.x + s * cols]);
         }
         workgroupBarrier();
     }
-    if live && lid.x == 0u {
-        let acc = partial[0];
+    if live && lane == 0u {
+        let acc = partial[col];
         y[o] = {{FINISH}};
     }
 }

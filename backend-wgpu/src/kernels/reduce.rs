@@ -1,4 +1,5 @@
-//! Reductions over any axis set, as one workgroup tree per output.
+//! Reductions over any axis set, as workgroup trees: one output per
+//! workgroup (row form) or 16 neighbouring outputs (column form).
 
 use tensorgraph_core::ReduceOp;
 
@@ -6,6 +7,9 @@ use super::Operand;
 use crate::params::{Params, collapse, contiguous, to_u32};
 use crate::record::Recorder;
 use crate::shaders;
+
+/// Outputs per workgroup in the column form (see `reduce.wgsl`).
+const COLS: u32 = 16;
 
 /// `y = op(x)` over `axes` (sorted, distinct). `y`'s layout is the same
 /// with or without kept unit axes.
@@ -40,6 +44,14 @@ pub fn reduce(
     } else {
         shaders::REDUCE_WGS[1]
     };
+    // Column form when the innermost axis is kept (neighbouring outputs
+    // are contiguous) and there are enough outputs to fill the columns.
+    let inner_kept = kept_strides[0].last() == Some(&1);
+    let cols: u32 = if inner_kept && n_out >= COLS as usize {
+        COLS
+    } else {
+        1
+    };
     let dtype = x.ty.dtype;
     let params = Params::new(&[
         to_u32(n_out)?,
@@ -47,11 +59,13 @@ pub fn reduce(
         to_u32(kept.len())?,
         to_u32(red.len())?,
         shaders::reduce_identity(op, dtype),
+        cols,
     ])
     .array(&kept)?
     .array(&kept_strides[0])?
     .array(&red)?
     .array(&red_strides[0])?;
     let key = shaders::reduce(op, dtype, wg);
-    rec.dispatch(&key, vec![x.binding(), y.binding()], params, n_out as u64)
+    let groups = (n_out as u64).div_ceil(u64::from(cols));
+    rec.dispatch(&key, vec![x.binding(), y.binding()], params, groups)
 }
