@@ -45,17 +45,22 @@ pub fn gpu_backend() -> Result<Arc<dyn Backend>> {
 }
 
 /// Compile options for `device`, with every backend this build and machine
-/// offer. `Device::Gpu` fails here when no GPU backend is available;
-/// `Device::Auto` falls back to the CPU and logs which it chose.
+/// offer (so nodes pinned elsewhere can still be placed).
+///
+/// `Device::Cpu` and `Device::Gpu` put every unpinned node on that device
+/// (falling back to another backend only for ops it cannot run);
+/// `Device::Gpu` fails here when no GPU backend is available.
+/// `Device::Auto` places each node by the calibrated cost model when a GPU
+/// exists, and otherwise runs everything on the CPU, logging which.
 pub fn options(device: Device) -> Result<CompileOptions> {
     let mut backends = vec![cpu_backend()];
-    match device {
-        Device::Cpu => {}
-        Device::Gpu => backends.push(gpu_backend()?),
-        Device::Auto => match gpu_backend() {
-            Ok(gpu) => backends.push(gpu),
-            Err(e) => tracing::info!(target: "tensorgraph", "auto: using the CPU ({e})"),
-        },
+    match (device, gpu_backend()) {
+        (_, Ok(gpu)) => backends.push(gpu),
+        (Device::Gpu, Err(e)) => return Err(e),
+        (Device::Auto, Err(e)) => {
+            tracing::info!(target: "tensorgraph", "auto: using the CPU ({e})");
+        }
+        (Device::Cpu, Err(_)) => {}
     }
     Ok(CompileOptions::new(device, backends))
 }

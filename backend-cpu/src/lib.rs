@@ -25,7 +25,7 @@ use tensorgraph_core::{
 };
 
 use crate::element::{KResult, dispatch};
-use crate::store::Store;
+use crate::store::{Held, Store};
 
 /// The CPU backend: a rayon pool and a table of host buffers.
 ///
@@ -81,7 +81,7 @@ impl CpuBackend {
         }
     }
 
-    /// Runs one step: upload for sources, else compute and store outputs.
+    /// Runs one step: register a source, or compute and store outputs.
     fn run_step(&self, step: &Step, env: &Env<'_>, meter: &Meter) -> Result<()> {
         trace_run(step);
         let fail = |message: String| Error::Backend {
@@ -89,23 +89,23 @@ impl CpuBackend {
             node: step.name.clone(),
             message,
         };
-        let first = || {
-            step.outputs
-                .first()
-                .copied()
-                .ok_or_else(|| Error::Internal(format!("step `{}` has no output", step.name)))
-        };
-        match &step.kernel.op {
+        let computed = match &step.kernel.op {
+            // A feed outlives the run, so its buffer borrows it instead of
+            // copying; it is metered like any upload.
             Op::Input { .. } => {
-                let v = first()?;
-                let id = self.upload(env.feed(v)?, meter)?;
-                env.set(v, id)?;
+                for &v in &step.outputs {
+                    let bytes = env.feed(v)?.bytes();
+                    env.set(v, self.store.insert_feed(v, bytes, meter))?;
+                }
+                None
             }
             // Constants are immutable and shared: storing the `Arc` costs
-            // no copy, though the buffer is metered like any upload.
+            // no copy either.
             Op::Constant(c) => {
-                let v = first()?;
-                env.set(v, self.store.insert(c.clone(), meter))?;
+                for &v in &step.outputs {
+                    env.set(v, self.store.insert(c.clone(), meter))?;
+                }
+                None
             }
             Op::Unary(_)
             | Op::Binary(_)
@@ -115,31 +115,85 @@ impl CpuBackend {
             | Op::Concat { .. }
             | Op::Split { .. }
             | Op::Cast(_) => {
-                let inputs = step
-                    .inputs
-                    .iter()
-                    .map(|&v| self.store.get(env.buffer(v)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let refs: Vec<&Value> = inputs.iter().map(|v| v.as_ref()).collect();
-                let outputs = compute(&step.kernel, &refs).map_err(fail)?;
-                drop(inputs);
-                if outputs.len() != step.outputs.len() {
-                    return Err(fail(format!(
-                        "produced {} outputs, expected {}",
-                        outputs.len(),
-                        step.outputs.len()
-                    )));
-                }
-                for ((&v, out), ty) in step.outputs.iter().zip(outputs).zip(&step.kernel.outputs) {
-                    if out.dtype() != ty.dtype || out.shape() != ty.shape {
-                        return Err(fail(format!("produced {}, expected {ty}", out.ty())));
-                    }
-                    env.set(v, self.store.insert(Arc::new(out), meter))?;
-                }
+                let inputs = self.operands(step, env)?;
+                let refs: Vec<&Value> = inputs.iter().map(|v| &**v).collect();
+                Some(compute(&step.kernel, &refs).map_err(fail)?)
+            }
+            Op::Custom(custom) => {
+                let inputs = self.operands(step, env)?;
+                let refs: Vec<&Value> = inputs.iter().map(|v| &**v).collect();
+                Some(run_custom(custom, &refs).map_err(fail)?)
+            }
+            Op::Transfer { .. } => {
+                return Err(fail("transfers are run by the executor".into()));
+            }
+        };
+        if let Some(outputs) = computed {
+            check_outputs(&outputs, &step.kernel.outputs).map_err(fail)?;
+            for (&v, out) in step.outputs.iter().zip(outputs) {
+                env.set(v, self.store.insert(Arc::new(out), meter))?;
             }
         }
         release_after(self, step, env, meter)
     }
+
+    /// The values bound to a step's operands.
+    fn operands<'a>(&self, step: &Step, env: &Env<'a>) -> Result<Vec<Held<'a>>> {
+        step.inputs
+            .iter()
+            .map(|&v| self.store.get(env.buffer(v)?, env))
+            .collect()
+    }
+
+    /// Gives every feed buffer of `segment` that outlives it (a requested
+    /// output, or an operand of a later task) its own copy, so it no
+    /// longer borrows from the run.
+    fn own_feeds(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {
+        for step in segment.steps {
+            if let Op::Input { .. } = step.kernel.op {
+                for &v in &step.outputs {
+                    if let Ok(buffer) = env.buffer(v) {
+                        self.store.own_feed(buffer, env)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Calls a user closure, turning its error or panic into a message.
+fn run_custom(custom: &tensorgraph_core::CustomOp, inputs: &[&Value]) -> KResult<Vec<Value>> {
+    let call = std::panic::AssertUnwindSafe(|| (custom.func)(inputs));
+    match std::panic::catch_unwind(call) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(format!("custom op `{}` failed: {e}", custom.name)),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic".into());
+            Err(format!("custom op `{}` panicked: {msg}", custom.name))
+        }
+    }
+}
+
+/// A kernel or custom op must return exactly the declared types.
+fn check_outputs(outputs: &[Value], declared: &[TensorType]) -> KResult<()> {
+    if outputs.len() != declared.len() {
+        return Err(format!(
+            "returned {} outputs, declared {}",
+            outputs.len(),
+            declared.len()
+        ));
+    }
+    for (out, ty) in outputs.iter().zip(declared) {
+        if out.dtype() != ty.dtype || out.shape() != ty.shape {
+            return Err(format!("returned {}, declared {ty}", out.ty()));
+        }
+    }
+    Ok(())
 }
 
 /// Computes one non-source kernel. The op match is exhaustive: a new op
@@ -148,6 +202,7 @@ fn compute(kernel: &Kernel, inputs: &[&Value]) -> KResult<Vec<Value>> {
     let out_ty = || kernel.outputs.first().ok_or("kernel has no output type");
     match &kernel.op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not computed".into()),
+        Op::Custom(_) | Op::Transfer { .. } => Err("not a kernel".into()),
         Op::Unary(op) => dispatch(&elementwise::Unary(*op), inputs),
         Op::Binary(op) => dispatch(
             &elementwise::Binary {
@@ -215,16 +270,24 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, buffer: BufferId) -> Result<Value> {
-        Ok(self.store.get(buffer)?.as_ref().clone())
+        Ok(self.store.get_owned(buffer)?.as_ref().clone())
     }
 
     fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {
+        // A custom op may block (I/O, sleeps): it runs on the caller's
+        // thread, so it never holds a pool thread others need.
+        if let [step] = segment.steps
+            && matches!(step.kernel.op, Op::Custom(_))
+        {
+            return self.run_step(step, env, segment.meter);
+        }
         self.install(|| {
             segment
                 .steps
                 .iter()
                 .try_for_each(|step| self.run_step(step, env, segment.meter))
-        })
+        })?;
+        self.own_feeds(segment, env)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -162,6 +162,8 @@ impl Backend for WgpuBackend {
             | Op::Concat { .. }
             | Op::Split { .. }
             | Op::Cast(_) => Ok(()),
+            Op::Custom(_) => Err("custom ops run on the CPU".into()),
+            Op::Transfer { .. } => Err("transfers are run by the executor".into()),
         }
     }
 

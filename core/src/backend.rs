@@ -1,9 +1,10 @@
 //! The `Backend` trait: what a device must do to run segments of a plan,
 //! and the per-run buffer table and memory meter it works through.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::plan::{Step, ValueId};
+use crate::plan::{Plan, Step, ValueId};
 use crate::timeline::{self, EventKind, Recorder};
 use crate::{Device, Error, Op, Result, TensorType, Value};
 
@@ -110,27 +111,71 @@ impl Meter {
 
 /// The buffer table of one run: which buffer holds each value, and the
 /// fed host values. Shared by the backends of a run.
-#[derive(Debug)]
 pub struct Env<'a> {
     slots: Vec<AtomicU64>,
     feeds: Vec<Option<&'a Value>>,
+    /// Readers of each value still to run; a value is freed when it drops
+    /// to zero. Requested outputs start out of reach of zero.
+    readers_left: Vec<AtomicU32>,
+    /// The backend index holding each value.
+    owner: Vec<usize>,
+    backends: &'a [Arc<dyn Backend>],
+    meters: &'a [Meter],
     pub(crate) recorder: Option<&'a Recorder>,
+}
+
+impl std::fmt::Debug for Env<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env").field("values", &self.slots.len()).finish()
+    }
 }
 
 /// Slot value meaning "no buffer": ids are stored plus one.
 const EMPTY: u64 = 0;
 
+/// Reader count of requested outputs: never reaches zero during a run.
+const KEPT: u32 = u32::MAX / 2;
+
 impl<'a> Env<'a> {
     pub(crate) fn new(
-        values: usize,
+        plan: &'a Plan,
         feeds: Vec<Option<&'a Value>>,
+        meters: &'a [Meter],
         recorder: Option<&'a Recorder>,
     ) -> Self {
+        let values = plan.types.len();
+        let mut readers_left: Vec<AtomicU32> =
+            plan.readers.iter().map(|&r| AtomicU32::new(r)).collect();
+        for v in &plan.outputs {
+            *readers_left[v.0].get_mut() = KEPT;
+        }
         Env {
             slots: (0..values).map(|_| AtomicU64::new(EMPTY)).collect(),
             feeds,
+            readers_left,
+            owner: plan
+                .producer
+                .iter()
+                .map(|p| p.map_or(0, |s| plan.steps[s].device))
+                .collect(),
+            backends: &plan.backends,
+            meters,
             recorder,
         }
+    }
+
+    /// Frees `v` on the backend that holds it, if it still has a buffer.
+    fn free_value(&self, v: ValueId, after: &Step) -> Result<()> {
+        if let Some(buffer) = self.take(v) {
+            let owner = self.owner[v.0];
+            self.backends[owner].free(buffer, &self.meters[owner])?;
+            tracing::debug!(target: "tensorgraph", "free {v} after {}", after.name);
+            if let Some(rec) = self.recorder {
+                let track = timeline::track(self.backends[owner].device().name());
+                rec.event(EventKind::Free, v.to_string(), track, None);
+            }
+        }
+        Ok(())
     }
 
     /// The buffer holding `v`; an error if it is not (or no longer) alive.
@@ -183,24 +228,27 @@ pub fn trace_run(step: &Step) {
     tracing::debug!(target: "tensorgraph", "run {}", step.name);
 }
 
-/// Frees the buffers whose last use was `step`, tracing each. Backends call
-/// this right after running a step.
+/// Marks `step` done: frees every value whose last reader it was (on
+/// whichever backend holds it) and every result nothing reads, tracing
+/// each. Backends call this right after running a step.
 ///
-/// When the run records a timeline, this also closes the step's slice
-/// (opened by [`trace_run`]) and marks each free.
-pub fn release_after(backend: &dyn Backend, step: &Step, env: &Env<'_>, meter: &Meter) -> Result<()> {
-    let track = env.recorder.map(|rec| {
+/// Readers are counted at run time, so frees stay correct when steps of
+/// different tasks run concurrently; in a sequential run they happen
+/// exactly at the plan's [`Step::free_after`] points. When the run records
+/// a timeline, this also closes the step's slice (opened by [`trace_run`]).
+pub fn release_after(backend: &dyn Backend, step: &Step, env: &Env<'_>, _meter: &Meter) -> Result<()> {
+    if let Some(rec) = env.recorder {
         let track = timeline::track(backend.device().name());
-        rec.step_done(&step.name, step.kernel.op.name(), track.clone());
-        track
-    });
-    for &v in &step.free_after {
-        if let Some(buffer) = env.take(v) {
-            backend.free(buffer, meter)?;
-            tracing::debug!(target: "tensorgraph", "free {v} after {}", step.name);
-            if let (Some(rec), Some(track)) = (env.recorder, &track) {
-                rec.event(EventKind::Free, v.to_string(), track.clone(), None);
-            }
+        rec.step_done(&step.name, step.kernel.op.name(), track);
+    }
+    for &v in &step.outputs {
+        if env.readers_left[v.0].load(Ordering::Acquire) == 0 {
+            env.free_value(v, step)?;
+        }
+    }
+    for (k, &v) in step.inputs.iter().enumerate() {
+        if !step.inputs[..k].contains(&v) && env.readers_left[v.0].fetch_sub(1, Ordering::AcqRel) == 1 {
+            env.free_value(v, step)?;
         }
     }
     Ok(())

@@ -1,13 +1,17 @@
-//! Running a plan: check the feeds, hand each segment to its backend,
-//! download the requested outputs, and free everything on the way.
+//! Running a plan: check the feeds, run its tasks — one lane per backend
+//! plus threads for custom ops, ready tasks longest-path first, so a CPU
+//! branch and a GPU branch overlap — download the requested outputs, and
+//! free everything on the way.
 
-use std::collections::HashMap;
-
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
-use crate::backend::{Env, Meter};
+use crate::backend::{Env, Meter, Segment, release_after, trace_run};
+use crate::plan::{Plan, Step, ValueId};
+use crate::schedule::{Task, TaskKind};
 use crate::timeline::{EventKind, Recorder, Timeline};
-use crate::plan::Plan;
 use crate::{Error, Result, Value};
 
 /// What one run measured, per backend (same order as [`Plan::backends`]).
@@ -19,11 +23,22 @@ pub struct RunStats {
     pub allocations: Vec<usize>,
 }
 
+/// Most threads started for custom ops in one run.
+const CUSTOM_THREADS: usize = 16;
+
+/// The scheduler's shared state in a concurrent run.
+struct Sched {
+    ready: Vec<BinaryHeap<(u64, Reverse<usize>)>>,
+    pending: Vec<usize>,
+    left: usize,
+    failed: Option<Error>,
+}
+
 impl Plan {
     /// Runs the plan on `feeds` (input name and value) and returns the
     /// requested outputs in the order they were requested.
     pub fn run(&self, feeds: &[(&str, Value)]) -> Result<Vec<Value>> {
-        self.run_with_stats(feeds).map(|(out, _)| out)
+        self.run_inner(feeds, None).map(|(out, _)| out)
     }
 
     /// [`Plan::run`], also returning the memory the run really used.
@@ -32,7 +47,7 @@ impl Plan {
     }
 
     /// [`Plan::run`], also returning a timeline of the run: one slice per
-    /// step, a mark per free, a slice per download.
+    /// step, a mark per free, a slice per transfer and download.
     pub fn run_traced(&self, feeds: &[(&str, Value)]) -> Result<(Vec<Value>, Timeline)> {
         let recorder = Recorder::new();
         let (out, _) = self.run_inner(feeds, Some(&recorder))?;
@@ -45,8 +60,8 @@ impl Plan {
         recorder: Option<&Recorder>,
     ) -> Result<(Vec<Value>, RunStats)> {
         let bound = self.bind_feeds(feeds)?;
-        let env = Env::new(self.types.len(), bound, recorder);
         let meters: Vec<Meter> = self.backends.iter().map(|_| Meter::default()).collect();
+        let env = Env::new(self, bound, &meters, recorder);
         let result = self.execute(&env, &meters);
         if result.is_err() {
             self.release_all(&env, &meters);
@@ -60,14 +75,140 @@ impl Plan {
     }
 
     fn execute(&self, env: &Env<'_>, meters: &[Meter]) -> Result<Vec<Value>> {
-        for (device, range) in &self.segments {
-            let segment = crate::backend::Segment {
-                steps: &self.steps[range.clone()],
-                meter: &meters[*device],
-            };
-            self.backends[*device].execute(&segment, env)?;
+        if self.tasks.len() <= 1 || self.sequential() {
+            for task in &self.tasks {
+                self.run_task(task, env, meters)?;
+            }
+        } else {
+            self.run_concurrent(env, meters)?;
         }
-        // Download each requested value once, then free it.
+        self.download(env, meters)
+    }
+
+    /// True when nothing could overlap: one backend, no custom ops.
+    fn sequential(&self) -> bool {
+        self.tasks
+            .iter()
+            .all(|t| t.kind == TaskKind::Segment && t.device == self.tasks[0].device)
+    }
+
+    fn run_task(&self, task: &Task, env: &Env<'_>, meters: &[Meter]) -> Result<()> {
+        let steps = &self.steps[task.steps.clone()];
+        match task.kind {
+            TaskKind::Segment | TaskKind::Custom => {
+                let segment = Segment {
+                    steps,
+                    meter: &meters[task.device],
+                };
+                self.backends[task.device].execute(&segment, env)
+            }
+            TaskKind::Transfer => steps
+                .iter()
+                .try_for_each(|step| self.transfer(step, env, meters)),
+        }
+    }
+
+    /// Copies a transfer step's inputs to its device through the host.
+    fn transfer(&self, step: &Step, env: &Env<'_>, meters: &[Meter]) -> Result<()> {
+        trace_run(step);
+        let to = &self.backends[step.device];
+        for (&from_v, &to_v) in step.inputs.iter().zip(&step.outputs) {
+            let from = self.device_of(from_v);
+            let host = self.backends[from].download(env.buffer(from_v)?)?;
+            let id = to.upload(&host, &meters[step.device])?;
+            env.set(to_v, id)?;
+        }
+        release_after(to.as_ref(), step, env, &meters[step.device])
+    }
+
+    /// Runs tasks on one thread per backend lane plus threads for custom
+    /// ops; each lane takes its ready task with the longest remaining path.
+    fn run_concurrent(&self, env: &Env<'_>, meters: &[Meter]) -> Result<()> {
+        let custom_lane = self.backends.len();
+        let lane_of = |t: &Task| match t.kind {
+            TaskKind::Custom => custom_lane,
+            TaskKind::Segment | TaskKind::Transfer => t.device,
+        };
+        let mut sched = Sched {
+            ready: (0..=custom_lane).map(|_| BinaryHeap::new()).collect(),
+            pending: self.tasks.iter().map(|t| t.deps.len()).collect(),
+            left: self.tasks.len(),
+            failed: None,
+        };
+        for (i, t) in self.tasks.iter().enumerate() {
+            if t.deps.is_empty() {
+                sched.ready[lane_of(t)].push((t.priority.to_bits(), Reverse(i)));
+            }
+        }
+        let state = Mutex::new(sched);
+        let wake = Condvar::new();
+        let worker = |lane: usize| {
+            loop {
+                let next = {
+                    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    loop {
+                        if s.failed.is_some() || s.left == 0 {
+                            break None;
+                        }
+                        if let Some((_, Reverse(t))) = s.ready[lane].pop() {
+                            break Some(t);
+                        }
+                        s = wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+                    }
+                };
+                let Some(t) = next else { return };
+                let result = self.run_task(&self.tasks[t], env, meters);
+                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                match result {
+                    Err(e) => {
+                        s.failed.get_or_insert(e);
+                    }
+                    Ok(()) => {
+                        s.left -= 1;
+                        for &d in &self.tasks[t].dependents {
+                            s.pending[d] -= 1;
+                            if s.pending[d] == 0 {
+                                let task = &self.tasks[d];
+                                s.ready[lane_of(task)].push((task.priority.to_bits(), Reverse(d)));
+                            }
+                        }
+                    }
+                }
+                drop(s);
+                wake.notify_all();
+            }
+        };
+        let customs = self
+            .tasks
+            .iter()
+            .filter(|t| t.kind == TaskKind::Custom)
+            .count()
+            .min(CUSTOM_THREADS);
+        std::thread::scope(|scope| -> Result<()> {
+            let mut lanes: Vec<(usize, String)> = (0..custom_lane)
+                .filter(|&l| self.tasks.iter().any(|t| lane_of(t) == l))
+                .map(|l| (l, format!("tensorgraph-{}", self.backends[l].device())))
+                .collect();
+            lanes.extend((0..customs).map(|k| (custom_lane, format!("tensorgraph-custom-{k}"))));
+            for (lane, name) in lanes {
+                let worker = &worker;
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn_scoped(scope, move || worker(lane))
+                    .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))?;
+            }
+            Ok(())
+        })?;
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        match s.failed.take() {
+            Some(e) => Err(e),
+            None if s.left > 0 => Err(Error::Internal(format!("{} tasks never became ready", s.left))),
+            None => Ok(()),
+        }
+    }
+
+    /// Downloads each requested value once, then frees it.
+    fn download(&self, env: &Env<'_>, meters: &[Meter]) -> Result<Vec<Value>> {
         let mut downloaded: HashMap<usize, Value> = HashMap::new();
         for &v in &self.outputs {
             if downloaded.contains_key(&v.0) {
@@ -111,9 +252,8 @@ impl Plan {
         }
     }
 
-    fn device_of(&self, v: crate::plan::ValueId) -> usize {
-        self.producer[v.0]
-            .map_or(0, |s| self.steps[s].device)
+    pub(crate) fn device_of(&self, v: ValueId) -> usize {
+        self.producer[v.0].map_or(0, |s| self.steps[s].device)
     }
 
     /// Matches feeds to the plan's inputs by name, checking type and shape.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 
 use crate::op::{self, Op};
-use crate::{Ctx, DType, Error, Result, Shape, Tensor, TensorType, Value};
+use crate::{Ctx, DType, Device, Error, Result, Shape, Tensor, TensorType, Value};
 
 /// Identifies a node within its graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,6 +45,8 @@ pub struct Node {
     pub scope: Vec<Arc<str>>,
     /// Where user code built it.
     pub location: &'static Location<'static>,
+    /// The device the user pinned it to, if any.
+    pub pin: Option<Device>,
 }
 
 impl Node {
@@ -64,6 +66,7 @@ pub(crate) struct GraphInner {
     pub(crate) dag: StableDiGraph<Node, usize>,
     pub(crate) inputs: HashMap<String, NodeIndex>,
     pub(crate) scopes: Vec<Arc<str>>,
+    pub(crate) device_scopes: Vec<Device>,
     counter: usize,
 }
 
@@ -171,6 +174,63 @@ impl Graph {
         build(self)
     }
 
+    /// Runs `build` with every node it creates pinned to `device` (scopes
+    /// nest; the innermost wins). `Device::Auto` lifts the pin.
+    pub fn on_device<R>(&self, device: Device, build: impl FnOnce(&Graph) -> R) -> R {
+        self.lock().device_scopes.push(device);
+        struct Pop<'a>(&'a Graph);
+        impl Drop for Pop<'_> {
+            fn drop(&mut self) {
+                self.0.lock().device_scopes.pop();
+            }
+        }
+        let _pop = Pop(self);
+        build(self)
+    }
+
+    /// A node running `func`, any Rust closure over host arrays, on the
+    /// CPU. It declares its output types; a closure that returns other
+    /// types, returns an error or panics fails the run with an
+    /// [`Error::Backend`] naming the node.
+    ///
+    /// ```
+    /// # use tensorgraph_core::*;
+    /// let g = Graph::new();
+    /// let x = g.input("x", DType::F32, [3])?;
+    /// let y = g.custom("double", &[&x], vec![x.ty().clone()], |ins| {
+    ///     let a = ins[0].as_f32().ok_or("expected f32")?;
+    ///     Ok(vec![Value::F32(a * 2.0)])
+    /// })?;
+    /// # Ok::<(), Error>(())
+    /// ```
+    #[track_caller]
+    pub fn custom<F>(
+        &self,
+        name: &str,
+        inputs: &[&Tensor],
+        outputs: Vec<TensorType>,
+        func: F,
+    ) -> Result<Vec<Tensor>>
+    where
+        F: Fn(&[&Value]) -> std::result::Result<Vec<Value>, crate::op::CustomError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let op = Op::Custom(crate::op::CustomOp {
+            name: Arc::from(name),
+            func: Arc::new(func),
+        });
+        let out = self.push("custom", inputs, move |_, _| Ok((op, outputs)))?;
+        if let Some(n) = out.first() {
+            let mut g = self.lock();
+            if let Some(node) = g.dag.node_weight_mut(n.port.node.0) {
+                node.name = name.to_string();
+            }
+        }
+        Ok(out)
+    }
+
     /// Joins tensors along `axis` (negative counts from the end).
     #[track_caller]
     pub fn concat(&self, xs: &[&Tensor], axis: isize) -> Result<Tensor> {
@@ -247,6 +307,7 @@ impl GraphInner {
             name,
             scope: self.scopes.clone(),
             location,
+            pin: self.device_scopes.last().copied(),
         });
         for (src, slot) in edges {
             self.dag.add_edge(src, index, slot);

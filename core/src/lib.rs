@@ -3,6 +3,7 @@
 //! implement. Users normally depend on the `tensorgraph` facade instead.
 
 pub mod backend;
+pub mod cost;
 pub mod device;
 pub mod dot;
 pub mod dtype;
@@ -11,7 +12,9 @@ mod exec;
 pub mod graph;
 pub mod liveness;
 pub mod op;
+mod placement;
 pub mod plan;
+pub mod schedule;
 pub mod shape;
 mod tensor;
 pub mod timeline;
@@ -26,7 +29,11 @@ pub use error::{Ctx, Error, Result};
 pub use exec::RunStats;
 pub use graph::{Graph, Node, NodeId, Port};
 pub use liveness::MemoryPlan;
-pub use op::{BinaryOp, LayoutOp, Op, ReduceOp, SliceRange, SplitSpec, UnaryOp};
+pub use op::{
+    BinaryOp, CustomError, CustomFn, CustomOp, LayoutOp, Op, ReduceOp, SliceRange, SplitSpec,
+    UnaryOp,
+};
+pub use schedule::{Task, TaskKind};
 pub use plan::{CompileOptions, Plan, Step, ValueId};
 pub use shape::Shape;
 pub use tensor::Tensor;

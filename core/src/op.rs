@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::shape::normalize_axis;
-use crate::{Ctx, DType, Error, Result, Shape, TensorType, Value};
+use crate::{Ctx, DType, Device, Error, Result, Shape, TensorType, Value};
 
 /// Elementwise ops of one operand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -219,6 +219,44 @@ pub enum Op {
     /// Convert elements to another dtype (f32 -> i32 truncates toward zero
     /// and saturates; NaN becomes 0).
     Cast(DType),
+    /// A user closure over host arrays; runs on the CPU.
+    Custom(CustomOp),
+    /// Copies values between devices. Inserted by the planner at device
+    /// edges and run by the executor, never by a backend's `execute`.
+    Transfer {
+        /// Where the values live.
+        from: Device,
+        /// Where they are needed.
+        to: Device,
+    },
+}
+
+/// The error a custom op's closure returns.
+pub type CustomError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The closure of a custom op: host arrays in, host arrays out.
+pub type CustomFn = dyn Fn(&[&Value]) -> std::result::Result<Vec<Value>, CustomError> + Send + Sync;
+
+/// A user closure as a node. Two custom ops are equal only if they share
+/// one closure.
+#[derive(Clone)]
+pub struct CustomOp {
+    /// The user's name for it.
+    pub name: Arc<str>,
+    /// The closure.
+    pub func: Arc<CustomFn>,
+}
+
+impl std::fmt::Debug for CustomOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CustomOp({})", self.name)
+    }
+}
+
+impl PartialEq for CustomOp {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.func, &other.func)
+    }
 }
 
 impl Op {
@@ -235,6 +273,8 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Split { .. } => "split",
             Op::Cast(_) => "cast",
+            Op::Custom(_) => "custom",
+            Op::Transfer { .. } => "transfer",
         }
     }
 
@@ -269,6 +309,7 @@ impl Op {
             Op::Unary(_) | Op::Binary(_) => out,
             Op::Input { .. } | Op::Constant(_) | Op::Layout(_) => 0,
             Op::Concat { .. } | Op::Split { .. } | Op::Cast(_) => 0,
+            Op::Custom(_) | Op::Transfer { .. } => 0,
         }
     }
 }
@@ -421,7 +462,11 @@ pub(crate) fn infer_reshape(ctx: &Ctx, x: &TensorType, to: &[isize]) -> Result<T
             -1 if infer.is_some() => return Err(bad("more than one -1".into())),
             -1 => infer = Some(i),
             d if d < 0 => return Err(bad(format!("negative dimension {d}"))),
-            d => known *= d as usize,
+            d => {
+                known = known
+                    .checked_mul(d as usize)
+                    .ok_or_else(|| bad("the element count overflows".into()))?;
+            }
         }
     }
     let numel = x.shape.numel();
@@ -501,7 +546,8 @@ pub(crate) fn infer_slice(
     let dim = x.shape.dims()[ax] as isize;
     let clamp = |i: isize| if i < 0 { (i + dim).max(0) } else { i.min(dim) };
     let (s, e) = (clamp(start), clamp(end));
-    let len = if e > s { ((e - s) + step - 1) / step } else { 0 };
+    // (e - s - 1) / step + 1, which cannot overflow for a huge step.
+    let len = if e > s { (e - s - 1) / step + 1 } else { 0 };
     let mut ranges: Vec<SliceRange> = x
         .shape
         .dims()

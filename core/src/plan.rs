@@ -2,7 +2,6 @@
 //! topologically, choose the backend, and attach liveness.
 
 use std::fmt;
-use std::ops::Range;
 use std::panic::Location;
 use std::sync::Arc;
 
@@ -11,7 +10,8 @@ use petgraph::visit::{Dfs, NodeFiltered, NodeIndexable, Reversed};
 
 use crate::backend::{Backend, Kernel};
 use crate::liveness::{self, MemoryPlan};
-use crate::{Ctx, Device, Error, Graph, NodeId, Op, Result, Tensor, TensorType};
+use crate::schedule::{self, Task};
+use crate::{Ctx, Device, Error, Graph, NodeId, Op, Result, Tensor, TensorType, placement};
 
 /// Identifies one value (one node output) within a plan. Shown as `%N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,9 +118,11 @@ pub struct Plan {
     pub(crate) feeds: Vec<FeedSlot>,
     pub(crate) graph_inputs: Vec<String>,
     pub(crate) backends: Vec<Arc<dyn Backend>>,
-    pub(crate) segments: Vec<(usize, Range<usize>)>,
+    pub(crate) tasks: Vec<Task>,
     /// The step producing each value.
     pub(crate) producer: Vec<Option<usize>>,
+    /// How many steps read each value (each step counted once).
+    pub(crate) readers: Vec<u32>,
     pub(crate) memory: Vec<MemoryPlan>,
 }
 
@@ -128,7 +130,7 @@ impl fmt::Debug for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Plan")
             .field("steps", &self.steps.len())
-            .field("segments", &self.segments.len())
+            .field("tasks", &self.tasks.len())
             .field("memory", &self.memory)
             .finish()
     }
@@ -138,6 +140,11 @@ impl Plan {
     /// The steps in execution order.
     pub fn steps(&self) -> &[Step] {
         &self.steps
+    }
+
+    /// The tasks the executor schedules: segments, transfers, custom ops.
+    pub fn tasks(&self) -> &[Task] {
+        &self.tasks
     }
 
     /// The type of every value, indexed by [`ValueId`].
@@ -150,9 +157,14 @@ impl Plan {
         &self.outputs
     }
 
-    /// The backends the plan runs on; [`Step::device`] indexes this.
+    /// The backends the plan may run on; [`Step::device`] indexes this.
     pub fn backends(&self) -> &[Arc<dyn Backend>] {
         &self.backends
+    }
+
+    /// The device each step runs on, by step.
+    pub fn step_device(&self, step: &Step) -> Device {
+        self.backends[step.device].device()
     }
 
     /// Planned memory per backend (same order as [`Plan::backends`]).
@@ -166,8 +178,17 @@ impl Plan {
     }
 }
 
+/// A rough cost of a step when no calibration is at hand: enough to order
+/// ready steps by their remaining work.
+fn rough_seconds(step: &Step) -> f64 {
+    let k = &step.kernel;
+    let bytes: usize = k.inputs.iter().chain(&k.outputs).map(|t| t.bytes()).sum();
+    1e-6 + k.op.flops(&k.inputs, &k.outputs) as f64 * 2e-11 + bytes as f64 * 1e-10
+}
+
 impl Graph {
-    /// Compiles the ancestors of `outputs` (and nothing else) into a plan.
+    /// Compiles the ancestors of `outputs` (and nothing else) into a plan:
+    /// prune, order, place, insert transfers, schedule, liveness.
     pub fn compile(&self, outputs: &[&Tensor], options: &CompileOptions) -> Result<Plan> {
         if outputs.is_empty() {
             return Err(Error::NoOutputs);
@@ -175,7 +196,8 @@ impl Graph {
         if let Some(t) = outputs.iter().find(|t| !t.graph.same(self)) {
             return Err(Error::ForeignOutput { node: t.name() });
         }
-        let backend = options.resolve()?;
+        options.resolve()?;
+        let backends = options.backends.clone();
         let g = self.lock();
 
         // 1. Prune: a reverse DFS from the outputs marks their ancestors.
@@ -196,6 +218,7 @@ impl Graph {
         let mut first_value = vec![usize::MAX; g.dag.node_bound()];
         let mut types: Vec<TensorType> = Vec::new();
         let mut steps = Vec::with_capacity(order.len());
+        let mut pins = Vec::with_capacity(order.len());
         let mut feeds = Vec::new();
         for index in order {
             let node = g.node(index)?;
@@ -207,18 +230,6 @@ impl Graph {
                 .iter()
                 .map(|p| ValueId(first_value[p.node.0.index()] + p.output))
                 .collect();
-            let kernel = Kernel {
-                op: node.op.clone(),
-                inputs: inputs.iter().map(|v| types[v.0].clone()).collect(),
-                outputs: node.outputs.clone(),
-            };
-            if let Err(reason) = backend.supports(&kernel) {
-                return Err(Error::Unsupported {
-                    ctx: node.ctx(),
-                    backend: backend.name().to_string(),
-                    reason,
-                });
-            }
             if let Op::Input { name } = &node.op {
                 feeds.push(FeedSlot {
                     name: name.clone(),
@@ -226,11 +237,16 @@ impl Graph {
                     ty: node.outputs[0].clone(),
                 });
             }
+            pins.push(node.pin);
             steps.push(Step {
                 name: node.name.clone(),
                 node: NodeId(index),
                 location: node.location,
-                kernel,
+                kernel: Kernel {
+                    op: node.op.clone(),
+                    inputs: inputs.iter().map(|v| types[v.0].clone()).collect(),
+                    outputs: node.outputs.clone(),
+                },
                 inputs,
                 outputs: (base..base + node.outputs.len()).map(ValueId).collect(),
                 free_after: Vec::new(),
@@ -245,30 +261,47 @@ impl Graph {
         graph_inputs.sort();
         drop(g);
 
-        // 4. Liveness: free each value right after its last use.
+        // 4. Place each step, then move values across device edges.
+        let producer = schedule::producers(&steps, types.len());
+        let devices = placement::place(&steps, &pins, &producer, &backends, options.device)?;
+        for (step, d) in steps.iter_mut().zip(devices) {
+            step.device = d;
+        }
+        let (steps, types) = placement::insert_transfers(steps, types, &backends);
+
+        // 5. Schedule: longest remaining path first, cut into tasks.
+        let (mut steps, levels) = schedule::order(steps, types.len(), rough_seconds);
+
+        // 6. Liveness: free each value right after its last use.
         let frees = liveness::free_lists(&steps, types.len(), &outputs);
         for (step, frees) in steps.iter_mut().zip(frees) {
             step.free_after = frees;
         }
-        let memory = liveness::plan_memory(&steps, &types, 1);
-        let segments = vec![(0, 0..steps.len())];
+        let memory = liveness::plan_memory(&steps, &types, backends.len());
+        let tasks = schedule::tasks(&steps, &levels, types.len());
         let mut producer = vec![None; types.len()];
+        let mut readers = vec![0u32; types.len()];
         for (i, step) in steps.iter().enumerate() {
             for v in &step.outputs {
                 producer[v.0] = Some(i);
             }
+            for (k, v) in step.inputs.iter().enumerate() {
+                if !step.inputs[..k].contains(v) {
+                    readers[v.0] += 1;
+                }
+            }
         }
         Ok(Plan {
-            producer,
             steps,
             types,
             outputs,
             feeds,
             graph_inputs,
-            backends: vec![backend],
-            segments,
+            backends,
+            tasks,
+            producer,
+            readers,
             memory,
         })
     }
 }
-

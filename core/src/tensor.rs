@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::graph::{Port, first};
 use crate::op::{self, BinaryOp, LayoutOp, Op, ReduceOp, SplitSpec, UnaryOp};
-use crate::{DType, Graph, NodeId, Result, Shape, TensorType, Value};
+use crate::{DType, Device, Graph, NodeId, Result, Shape, TensorType, Value};
 
 /// One output of one node of a [`Graph`], with its static type.
 #[derive(Debug, Clone)]
@@ -62,6 +62,15 @@ impl Tensor {
     pub fn named(self, name: &str) -> Tensor {
         if let Some(n) = self.graph.lock().dag.node_weight_mut(self.port.node.0) {
             n.name = name.to_string();
+        }
+        self
+    }
+
+    /// Pins the producing node to `device` (`Device::Auto` lifts a pin).
+    /// Compiling fails if the device is not available.
+    pub fn on(self, device: Device) -> Tensor {
+        if let Some(n) = self.graph.lock().dag.node_weight_mut(self.port.node.0) {
+            n.pin = Some(device);
         }
         self
     }

@@ -24,7 +24,7 @@ impl TensorType {
 
     /// Bytes of element data.
     pub fn bytes(&self) -> usize {
-        self.shape.numel() * self.dtype.size_bytes()
+        self.shape.numel().saturating_mul(self.dtype.size_bytes())
     }
 }
 
