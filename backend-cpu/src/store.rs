@@ -1,51 +1,147 @@
-//! The backend's buffer table: ids to shared host values, metered.
+//! The backend's buffer table: ids to host values, metered.
 //!
-//! The lock is held only to insert, look up or remove an entry, never
-//! while a kernel computes, so several runs share one store freely.
+//! A buffer either owns a shared value or, for a plan input, borrows the
+//! caller's feed for the duration of the run (see [`Held`]). The lock is
+//! held only to insert, look up or remove an entry, never while a kernel
+//! computes, so several runs share one store freely.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tensorgraph_core::{BufferId, Error, Meter, Result, Value};
+use tensorgraph_core::{BufferId, Env, Error, Meter, Result, Value, ValueId};
+
+/// What a buffer holds.
+#[derive(Debug)]
+enum Data {
+    /// A value of its own (shared with constants without copying).
+    Owned(Arc<Value>),
+    /// The run's feed for this input value; resolved through the run's
+    /// [`Env`], which outlives the buffer's use within the run.
+    Feed(ValueId),
+}
+
+#[derive(Debug)]
+struct Entry {
+    data: Data,
+    /// Bytes metered for it, returned on free.
+    bytes: usize,
+}
+
+/// A buffer's value as a kernel reads it.
+#[derive(Debug)]
+pub(crate) enum Held<'a> {
+    /// An owned buffer.
+    Owned(Arc<Value>),
+    /// A borrowed feed.
+    Fed(&'a Value),
+}
+
+impl Deref for Held<'_> {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        match self {
+            Held::Owned(v) => v,
+            Held::Fed(v) => v,
+        }
+    }
+}
 
 /// Live buffers by id.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    buffers: Mutex<HashMap<u64, Arc<Value>>>,
+    buffers: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
 }
 
+fn missing(buffer: BufferId) -> Error {
+    Error::Internal(format!(
+        "cpu buffer {} does not exist (freed twice or never made)",
+        buffer.0
+    ))
+}
+
 impl Store {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<Value>>> {
-        // A panic elsewhere cannot leave the map half-updated (every
-        // critical section is one insert/get/remove), so poison is moot.
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        // Every critical section is one map operation, so a panic
+        // elsewhere cannot leave the map half-updated: poison is moot.
         self.buffers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, data: Data, bytes: usize, meter: &Meter) -> BufferId {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        meter.alloc(bytes);
+        self.lock().insert(id, Entry { data, bytes });
+        BufferId(id)
     }
 
     /// Stores `value` as a new buffer, metering its bytes.
     pub(crate) fn insert(&self, value: Arc<Value>, meter: &Meter) -> BufferId {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        meter.alloc(value.bytes());
-        self.lock().insert(id, value);
-        BufferId(id)
+        let bytes = value.bytes();
+        self.add(Data::Owned(value), bytes, meter)
     }
 
-    /// The value in `buffer`.
-    pub(crate) fn get(&self, buffer: BufferId) -> Result<Arc<Value>> {
-        self.lock()
+    /// A buffer standing for the feed of input `v` in the current run.
+    pub(crate) fn insert_feed(&self, v: ValueId, bytes: usize, meter: &Meter) -> BufferId {
+        self.add(Data::Feed(v), bytes, meter)
+    }
+
+    /// The value in `buffer`, resolving feeds through `env`.
+    pub(crate) fn get<'a>(&self, buffer: BufferId, env: &Env<'a>) -> Result<Held<'a>> {
+        let feed = match &self
+            .lock()
             .get(&buffer.0)
-            .cloned()
-            .ok_or_else(|| Error::Internal(format!("cpu buffer {} does not exist", buffer.0)))
+            .ok_or_else(|| missing(buffer))?
+            .data
+        {
+            Data::Owned(v) => return Ok(Held::Owned(v.clone())),
+            Data::Feed(v) => *v,
+        };
+        Ok(Held::Fed(env.feed(feed)?))
+    }
+
+    /// The value in an owned buffer. Feed buffers are given their own copy
+    /// before `execute` returns, so outside a run every buffer is owned.
+    pub(crate) fn get_owned(&self, buffer: BufferId) -> Result<Arc<Value>> {
+        match &self
+            .lock()
+            .get(&buffer.0)
+            .ok_or_else(|| missing(buffer))?
+            .data
+        {
+            Data::Owned(v) => Ok(v.clone()),
+            Data::Feed(v) => Err(Error::Internal(format!(
+                "cpu buffer {} still borrows the feed of {v} outside its run",
+                buffer.0
+            ))),
+        }
+    }
+
+    /// Turns a feed buffer into an owned copy of the feed (no-op for an
+    /// owned buffer). The copy is made outside the lock.
+    pub(crate) fn own_feed(&self, buffer: BufferId, env: &Env<'_>) -> Result<()> {
+        let v = match self.lock().get(&buffer.0).map(|e| &e.data) {
+            Some(Data::Feed(v)) => *v,
+            Some(Data::Owned(_)) | None => return Ok(()),
+        };
+        let copy = Arc::new(env.feed(v)?.clone());
+        if let Some(entry) = self.lock().get_mut(&buffer.0) {
+            entry.data = Data::Owned(copy);
+        }
+        Ok(())
     }
 
     /// Drops `buffer`, metering its bytes as freed.
     pub(crate) fn remove(&self, buffer: BufferId, meter: &Meter) -> Result<()> {
-        let value = self.lock().remove(&buffer.0).ok_or_else(|| {
-            Error::Internal(format!("cpu buffer {} freed twice or never made", buffer.0))
-        })?;
-        meter.free(value.bytes());
-        // `value` drops here, after the lock is released.
+        let entry = self
+            .lock()
+            .remove(&buffer.0)
+            .ok_or_else(|| missing(buffer))?;
+        meter.free(entry.bytes);
+        // `entry` (maybe the last reference to a large array) drops here,
+        // after the lock is released.
         Ok(())
     }
 

@@ -411,3 +411,16 @@ fn two_threads_share_one_plan() -> Result<()> {
     assert_eq!(tensorgraph_core::Backend::live_buffers(b.as_ref()), 0);
     Ok(())
 }
+
+#[test]
+fn a_fed_input_can_be_an_output() -> Result<()> {
+    let a = floats(&[3, 2], 10);
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [3, 2])?;
+    let y = x.neg()?;
+    let out = run(&g, &[&x, &y, &x], &[("x", a.clone().into())])?;
+    assert_eq!(out[0].clone().into_f32()?, a);
+    assert_eq!(out[1].clone().into_f32()?, a.mapv(|v| -v));
+    assert_eq!(out[2].clone().into_f32()?, a);
+    Ok(())
+}
