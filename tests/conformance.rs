@@ -49,6 +49,7 @@ cases!(
     binary_i32_division_truncates_and_by_zero_is_zero,
     binary_i32_overflow_wraps,
     binary_i32_pow_non_negative_exponents,
+    binary_i32_pow_negative_exponents,
     unary_i32,
     matmul_2d,
     matmul_large_non_multiple,
@@ -76,6 +77,9 @@ cases!(
     compile_prunes_unrelated_nodes,
     outputs_that_are_inputs_or_repeated,
     mlp_forward,
+    zero_size_tensors,
+    dispatch_counts_past_one_grid_dimension,
+    elementwise_past_16m_elements,
 );
 
 // ---------------------------------------------------------------------------
@@ -580,8 +584,29 @@ fn binary_i32_pow_non_negative_exponents(d: Device) {
     check_binary_i32(d, BinaryOp::Pow, &a, &b);
 }
 
+/// op.rs: "`pow` with a negative exponent truncates `1 / x^|e|`" (and
+/// 1 / 0 is 0, as for division).
+fn binary_i32_pow_negative_exponents(d: Device) {
+    let a = i32_vec(&[1, 1, -1, -1, 2, -3, 5, 0]);
+    let b = i32_vec(&[-1, -5, -1, -2, -1, -1, -3, -1]);
+    let expected = i32_vec(&[1, 1, -1, 1, 0, 0, 0, 0]);
+    let g = Graph::new();
+    let (x, y) = (input_i32(&g, "a", &a), input_i32(&g, "b", &b));
+    let out = x.pow(&y).expect("pow builds");
+    if let Some(v) = run1(d, &g, &out, &[feed_i32("a", &a), feed_i32("b", &b)]) {
+        assert_eq_i32(
+            &i32_of(v),
+            &expected,
+            &format!("{d}: i32 pow, negative exponents"),
+        );
+    }
+}
+
+/// An i32 unary op and its reference.
+type I32Unary = (UnaryOp, fn(i32) -> i32);
+
 fn unary_i32(d: Device) {
-    let refs: [(UnaryOp, fn(i32) -> i32); 3] = [
+    let refs: [I32Unary; 3] = [
         (UnaryOp::Neg, i32::wrapping_neg),
         (UnaryOp::Abs, i32::wrapping_abs),
         (UnaryOp::Relu, |x| x.max(0)),
@@ -1500,6 +1525,56 @@ fn mlp_forward(d: Device) {
             1e-4,
             1e-6,
             &format!("{d}: mlp loss"),
+        );
+    }
+}
+
+/// Tensors with no elements flow through every family.
+fn zero_size_tensors(d: Device) {
+    let a = ArrayD::<f32>::zeros(IxDyn(&[0, 3]));
+    let b = rand_f32(850, &[3], -1.0, 1.0);
+    check_binary_f32(d, BinaryOp::Add, &a, &b);
+    check_unary_f32(d, UnaryOp::Exp, &a);
+    check_reduce(d, &a, ReduceOp::Sum, &[0], false);
+    check_reduce(d, &a, ReduceOp::Max, &[1], false);
+    check_layout(
+        d,
+        &a,
+        |x| x.transpose(0, 1).expect("builds"),
+        &ArrayD::zeros(IxDyn(&[3, 0])),
+        "transpose [0, 3]",
+    );
+    // [2, 0] x [0, 3] is a [2, 3] of zeros; [0, 3] x [3, 2] is [0, 2].
+    let l = ArrayD::<f32>::zeros(IxDyn(&[2, 0]));
+    let r = ArrayD::<f32>::zeros(IxDyn(&[0, 3]));
+    check_matmul(d, &l, &r, &ArrayD::zeros(IxDyn(&[2, 3])), 0);
+    let r2 = rand_f32(851, &[3, 2], -1.0, 1.0);
+    check_matmul(d, &a, &r2, &ArrayD::zeros(IxDyn(&[0, 2])), 3);
+}
+
+/// Work whose natural grid passes 65,535 along one dimension (the WebGPU
+/// per-dimension dispatch cap): a matmul with 65,537 batches, a reduction
+/// with 65,537 rows. [`elementwise_past_16m_elements`] does the same
+/// for a 256-wide elementwise kernel.
+fn dispatch_counts_past_one_grid_dimension(d: Device) {
+    check_matmul_nd(d, &[65_537, 1, 2], &[65_537, 2, 1], 860);
+    let rows = rand_f32(862, &[65_537, 2], -1.0, 1.0);
+    check_reduce(d, &rows, ReduceOp::Sum, &[1], false);
+    check_reduce(d, &rows, ReduceOp::Max, &[1], true);
+}
+
+/// 2^24 + 3 elements: past 65,535 workgroups of 256 in one dimension.
+fn elementwise_past_16m_elements(d: Device) {
+    let n = (1 << 24) + 3;
+    let a = ArrayD::from_shape_fn(IxDyn(&[n]), |i| (i[0] % 2001) as i32 - 1000);
+    let g = Graph::new();
+    let x = input_i32(&g, "x", &a);
+    let out = x.relu().expect("relu builds");
+    if let Some(v) = run1(d, &g, &out, &[feed_i32("x", &a)]) {
+        assert_eq_i32(
+            &i32_of(v),
+            &a.mapv(|v| v.max(0)),
+            &format!("{d}: relu of 2^24 + 3"),
         );
     }
 }

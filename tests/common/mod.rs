@@ -220,6 +220,12 @@ pub fn assert_close(
 #[track_caller]
 pub fn assert_eq_i32(actual: &ArrayD<i32>, expected: &ArrayD<i32>, what: &str) {
     assert_eq!(actual.shape(), expected.shape(), "{what}: shapes differ");
+    // Fast path for large arrays (indexed iteration is slow in debug builds).
+    if let (Some(a), Some(e)) = (actual.as_slice(), expected.as_slice())
+        && a == e
+    {
+        return;
+    }
     let mut first = None;
     let mut count = 0usize;
     for ((index, &e), &a) in expected.indexed_iter().zip(actual.iter()) {
