@@ -160,6 +160,21 @@ fn unary_ops_and_casts() {
         };
         assert_close(got, &x.mapv(f), 1e-5, u.name());
     }
+    // tanh: relative accuracy near 0, saturation (not NaN) far from it.
+    let xs = arr1(&[
+        1e-6f32, -1e-3, 0.1, 0.124, -0.126, 0.7, 5.0, 20.0, -100.0, 1e30,
+    ])
+    .into_dyn();
+    let g = graph();
+    let out = run(&gpu, &[&g.constant(xs.clone()).tanh().expect("tanh")], &[]);
+    let got = out[0].as_f32().expect("f32");
+    for (&x, &t) in xs.iter().zip(got) {
+        let want = f64::from(x).tanh() as f32;
+        assert!(
+            (t - want).abs() <= 2e-6 * want.abs(),
+            "tanh({x}) = {t}, want {want}"
+        );
+    }
     // Integer unary ops wrap; f32 -> i32 truncates and saturates, NaN -> 0.
     let ints = arr1(&[i32::MIN, -3, 0, 5]).into_dyn();
     let floats = arr1(&[1.9f32, -1.9, f32::NAN, 3e9, -3e9, f32::INFINITY, -0.5]).into_dyn();
