@@ -39,7 +39,7 @@ fn run(plan: &Plan, feeds: &[(&str, Value)]) {
     }
 }
 
-fn main() -> tensorgraph_core::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -72,12 +72,8 @@ fn main() -> tensorgraph_core::Result<()> {
     for n in [256usize, 1024, 2048] {
         let (a, b) = (random(&[n, n], 1), random(&[n, n], 2));
         let (a2, b2) = (
-            a.clone()
-                .into_dimensionality::<Ix2>()
-                .map_err(|e| tensorgraph_core::Error::Internal(e.to_string()))?,
-            b.clone()
-                .into_dimensionality::<Ix2>()
-                .map_err(|e| tensorgraph_core::Error::Internal(e.to_string()))?,
+            a.clone().into_dimensionality::<Ix2>()?,
+            b.clone().into_dimensionality::<Ix2>()?,
         );
         let dot = best(budget, || {
             std::hint::black_box(a2.dot(&b2));
