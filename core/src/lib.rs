@@ -12,6 +12,7 @@ mod exec;
 pub mod graph;
 pub mod liveness;
 pub mod op;
+pub mod passes;
 mod placement;
 pub mod plan;
 pub mod schedule;
@@ -34,6 +35,7 @@ pub use op::{
     UnaryOp,
 };
 pub use schedule::{Task, TaskKind};
+pub use passes::PassOptions;
 pub use plan::{CompileOptions, Plan, Step, ValueId};
 pub use shape::Shape;
 pub use tensor::Tensor;

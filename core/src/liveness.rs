@@ -79,6 +79,7 @@ mod tests {
             outputs: outputs.iter().copied().map(ValueId).collect(),
             free_after: Vec::new(),
             device: 0,
+            pin: None,
         }
     }
 

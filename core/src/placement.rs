@@ -11,10 +11,8 @@ use crate::plan::{Step, ValueId};
 use crate::{Device, Error, Op, Result, TensorType};
 
 /// Chooses a backend index for every step (steps in topological order).
-/// `pins` holds each step's pinned device.
 pub(crate) fn place(
     steps: &[Step],
-    pins: &[Option<Device>],
     producer: &[usize],
     backends: &[Arc<dyn Backend>],
     requested: Device,
@@ -42,7 +40,7 @@ pub(crate) fn place(
             backend: backends[d].name().to_string(),
             reason,
         };
-        let pin = match (&step.kernel.op, pins[i]) {
+        let pin = match (&step.kernel.op, step.pin) {
             (Op::Custom(_), _) => Some(Device::Cpu),
             (_, Some(Device::Auto)) | (_, None) => None,
             (_, Some(p)) => Some(p),
@@ -179,6 +177,7 @@ pub(crate) fn insert_transfers(
                 outputs,
                 free_after: Vec::new(),
                 device: step.device,
+                pin: None,
             });
             count += 1;
         }

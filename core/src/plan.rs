@@ -10,6 +10,7 @@ use petgraph::visit::{Dfs, NodeFiltered, NodeIndexable, Reversed};
 
 use crate::backend::{Backend, Kernel};
 use crate::liveness::{self, MemoryPlan};
+use crate::passes::{self, PassOptions};
 use crate::schedule::{self, Task};
 use crate::{Ctx, Device, Error, Graph, NodeId, Op, Result, Tensor, TensorType, placement};
 
@@ -42,6 +43,8 @@ pub struct Step {
     pub free_after: Vec<ValueId>,
     /// Index of the backend in [`Plan::backends`].
     pub device: usize,
+    /// The device the user pinned the node to, if any.
+    pub pin: Option<Device>,
 }
 
 impl Step {
@@ -71,6 +74,8 @@ pub struct CompileOptions {
     pub device: Device,
     /// Available backends, at most one per device.
     pub backends: Vec<Arc<dyn Backend>>,
+    /// Which graph rewrites run (all by default).
+    pub passes: PassOptions,
 }
 
 impl fmt::Debug for CompileOptions {
@@ -86,7 +91,11 @@ impl fmt::Debug for CompileOptions {
 impl CompileOptions {
     /// Options for `device` with the given backends.
     pub fn new(device: Device, backends: Vec<Arc<dyn Backend>>) -> Self {
-        CompileOptions { device, backends }
+        CompileOptions {
+            device,
+            backends,
+            passes: PassOptions::default(),
+        }
     }
 
     /// The backend `device` resolves to: `Auto` takes a GPU when one is
@@ -218,7 +227,6 @@ impl Graph {
         let mut first_value = vec![usize::MAX; g.dag.node_bound()];
         let mut types: Vec<TensorType> = Vec::new();
         let mut steps = Vec::with_capacity(order.len());
-        let mut pins = Vec::with_capacity(order.len());
         let mut feeds = Vec::new();
         for index in order {
             let node = g.node(index)?;
@@ -237,7 +245,6 @@ impl Graph {
                     ty: node.outputs[0].clone(),
                 });
             }
-            pins.push(node.pin);
             steps.push(Step {
                 name: node.name.clone(),
                 node: NodeId(index),
@@ -251,6 +258,7 @@ impl Graph {
                 outputs: (base..base + node.outputs.len()).map(ValueId).collect(),
                 free_after: Vec::new(),
                 device: 0,
+                pin: node.pin,
             });
         }
         let outputs: Vec<ValueId> = outputs
@@ -261,18 +269,36 @@ impl Graph {
         graph_inputs.sort();
         drop(g);
 
-        // 4. Place each step, then move values across device edges.
+        // 4. Rewrite: folding, CSE, simplification, dead code (passes/).
+        let mut ir = passes::Ir {
+            steps,
+            types,
+            outputs,
+        };
+        let cpu = backends.iter().find(|b| b.device() == Device::Cpu);
+        passes::pipeline(&mut ir, &options.passes, cpu)?;
+        let passes::Ir {
+            mut steps,
+            types,
+            outputs,
+        } = ir;
+        let feeds: Vec<FeedSlot> = feeds
+            .into_iter()
+            .filter(|f| steps.iter().any(|s| s.outputs.contains(&f.value)))
+            .collect();
+
+        // 5. Place each step, then move values across device edges.
         let producer = schedule::producers(&steps, types.len());
-        let devices = placement::place(&steps, &pins, &producer, &backends, options.device)?;
+        let devices = placement::place(&steps, &producer, &backends, options.device)?;
         for (step, d) in steps.iter_mut().zip(devices) {
             step.device = d;
         }
         let (steps, types) = placement::insert_transfers(steps, types, &backends);
 
-        // 5. Schedule: longest remaining path first, cut into tasks.
+        // 6. Schedule: longest remaining path first, cut into tasks.
         let (mut steps, levels) = schedule::order(steps, types.len(), rough_seconds);
 
-        // 6. Liveness: free each value right after its last use.
+        // 7. Liveness: free each value right after its last use.
         let frees = liveness::free_lists(&steps, types.len(), &outputs);
         for (step, frees) in steps.iter_mut().zip(frees) {
             step.free_after = frees;
