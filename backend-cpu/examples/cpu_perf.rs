@@ -69,7 +69,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         d.as_secs_f64() * 1e6 / 10_000.0
     );
 
-    for n in [256usize, 1024, 2048] {
+    let sizes: Vec<usize> = match std::env::args().nth(2) {
+        Some(n) => vec![n.parse()?],
+        None => vec![256, 1024, 2048],
+    };
+    for &n in &sizes {
         let (a, b) = (random(&[n, n], 1), random(&[n, n], 2));
         let (a2, b2) = (
             a.clone().into_dimensionality::<Ix2>()?,

@@ -424,3 +424,63 @@ fn a_fed_input_can_be_an_output() -> Result<()> {
     assert_eq!(out[2].clone().into_f32()?, a);
     Ok(())
 }
+
+#[test]
+fn column_major_feeds_and_nan_propagation() -> Result<()> {
+    use ndarray::ShapeBuilder;
+    // The same logical matrix, stored column-major.
+    let c = floats(&[40, 30], 11);
+    let f = ArrayD::from_shape_vec(IxDyn(&[40, 30]).f(), c.t().iter().copied().collect())
+        .expect("shape");
+    assert_eq!(c, f);
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [40, 30])?;
+    let outs = [
+        x.sum(&[0], false)?,
+        x.max(&[1], true)?,
+        x.add(&x.slice(0, 0, 1)?)?,
+        x.reshape(&[30, 40])?,
+        x.matmul(&x.permute(&[1, 0])?)?,
+    ];
+    let refs: Vec<&Tensor> = outs.iter().collect();
+    let want = run(&g, &refs, &[("x", c.into())])?;
+    let got = run(&g, &refs, &[("x", f.into())])?;
+    for (w, v) in want.iter().zip(&got) {
+        close(&v.clone().into_f32()?, &w.clone().into_f32()?, 1e-5);
+    }
+
+    let a = Array::from(vec![1.0f32, f32::NAN, 3.0]);
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [3])?;
+    let out = run(
+        &g,
+        &[
+            &x.max(&[], false)?,
+            &x.min(&[], false)?,
+            &x.maximum(&g.scalar(0.0))?,
+        ],
+        &[("x", a.into())],
+    )?;
+    assert!(out[0].clone().into_f32()?.iter().all(|v| v.is_nan()));
+    assert!(out[1].clone().into_f32()?.iter().all(|v| v.is_nan()));
+    assert!(out[2].clone().into_f32()?[1].is_nan());
+
+    let big = Array::from(vec![i32::MAX; 3]);
+    let g = Graph::new();
+    let x = g.input("x", DType::I32, [3])?;
+    let out = run(
+        &g,
+        &[&x.sum(&[], false)?, &x.mean(&[], false)?],
+        &[("x", big.into())],
+    )?;
+    let wrapped = i32::MAX.wrapping_mul(3);
+    assert_eq!(
+        out[0].clone().into_i32()?.into_raw_vec_and_offset().0,
+        [wrapped]
+    );
+    assert_eq!(
+        out[1].clone().into_i32()?.into_raw_vec_and_offset().0,
+        [wrapped / 3]
+    );
+    Ok(())
+}
