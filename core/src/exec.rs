@@ -12,7 +12,7 @@ use crate::backend::{Env, Meter, Segment, release_after, trace_run};
 use crate::plan::{Plan, Step, ValueId};
 use crate::schedule::{Task, TaskKind};
 use crate::timeline::{EventKind, Recorder, Timeline};
-use crate::{Error, Result, Value};
+use crate::{Device, Error, Result, Value};
 
 /// What one run measured, per backend (same order as [`Plan::backends`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +55,18 @@ impl Plan {
     }
 
     fn run_inner(
+        &self,
+        feeds: &[(&str, Value)],
+        recorder: Option<&Recorder>,
+    ) -> Result<(Vec<Value>, RunStats)> {
+        match &self.persist {
+            Some(persist) => persist.run(self, feeds, recorder),
+            None => self.run_plain(feeds, recorder),
+        }
+    }
+
+    /// One run of exactly this plan's steps.
+    pub(crate) fn run_plain(
         &self,
         feeds: &[(&str, Value)],
         recorder: Option<&Recorder>,
@@ -108,6 +120,26 @@ impl Plan {
         }
     }
 
+    /// Runs a task on its lane. A GPU segment's lane then waits for the
+    /// device (other lanes go on), so its completion is known and, when
+    /// recording, drawn as a queue slice from submission to completion.
+    fn run_lane_task(&self, t: usize, env: &Env<'_>, meters: &[Meter]) -> Result<()> {
+        let task = &self.tasks[t];
+        let start = Instant::now();
+        self.run_task(task, env, meters)?;
+        let backend = &self.backends[task.device];
+        if task.kind == TaskKind::Segment && backend.device() == Device::Gpu {
+            backend.synchronize()?;
+            if let Some(rec) = env.recorder {
+                let first = &self.steps[task.steps.start].name;
+                let last = &self.steps[task.steps.end - 1].name;
+                let track = format!("{}/queue", backend.device());
+                rec.event(EventKind::Queue, format!("{first}..{last}"), track, Some(start));
+            }
+        }
+        Ok(())
+    }
+
     /// Copies a transfer step's inputs to its device through the host.
     fn transfer(&self, step: &Step, env: &Env<'_>, meters: &[Meter]) -> Result<()> {
         trace_run(step);
@@ -157,7 +189,7 @@ impl Plan {
                     }
                 };
                 let Some(t) = next else { return };
-                let result = self.run_task(&self.tasks[t], env, meters);
+                let result = self.run_lane_task(t, env, meters);
                 let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
                 match result {
                     Err(e) => {

@@ -47,6 +47,8 @@ pub struct Node {
     pub location: &'static Location<'static>,
     /// The device the user pinned it to, if any.
     pub pin: Option<Device>,
+    /// Whether its values are kept across runs (see [`Tensor::persist`]).
+    pub persist: bool,
 }
 
 impl Node {
@@ -308,6 +310,7 @@ impl GraphInner {
             scope: self.scopes.clone(),
             location,
             pin: self.device_scopes.last().copied(),
+            persist: false,
         });
         for (src, slot) in edges {
             self.dag.add_edge(src, index, slot);

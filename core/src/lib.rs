@@ -13,6 +13,7 @@ pub mod graph;
 pub mod liveness;
 pub mod op;
 pub mod passes;
+mod persist;
 mod placement;
 pub mod plan;
 pub mod schedule;

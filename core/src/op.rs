@@ -472,7 +472,7 @@ pub(crate) fn infer_reshape(ctx: &Ctx, x: &TensorType, to: &[isize]) -> Result<T
     let numel = x.shape.numel();
     let mut dims: Vec<usize> = to.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(bad(format!("{numel} elements do not divide into the known dimensions")));
         }
         dims[i] = numel / known;
@@ -627,7 +627,7 @@ pub(crate) fn infer_split(
     let dim = x.shape.dims()[ax];
     let sizes = match spec {
         SplitSpec::Parts(0) => return Err(bad("zero parts".into())),
-        SplitSpec::Parts(n) if dim % n != 0 => {
+        SplitSpec::Parts(n) if !dim.is_multiple_of(*n) => {
             return Err(bad(format!("{dim} does not divide into {n} equal parts")));
         }
         SplitSpec::Parts(n) => vec![dim / n; *n],

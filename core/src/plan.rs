@@ -11,6 +11,7 @@ use petgraph::visit::{Dfs, NodeFiltered, NodeIndexable, Reversed};
 use crate::backend::{Backend, Kernel};
 use crate::liveness::{self, MemoryPlan};
 use crate::passes::{self, PassOptions};
+use crate::persist;
 use crate::schedule::{self, Task};
 use crate::{Ctx, Device, Error, Graph, NodeId, Op, Result, Tensor, TensorType, placement};
 
@@ -133,6 +134,8 @@ pub struct Plan {
     /// How many steps read each value (each step counted once).
     pub(crate) readers: Vec<u32>,
     pub(crate) memory: Vec<MemoryPlan>,
+    /// Set when the plan keeps persisted values across runs.
+    pub(crate) persist: Option<Box<persist::Persist>>,
 }
 
 impl fmt::Debug for Plan {
@@ -228,6 +231,7 @@ impl Graph {
         let mut types: Vec<TensorType> = Vec::new();
         let mut steps = Vec::with_capacity(order.len());
         let mut feeds = Vec::new();
+        let mut persisted = Vec::new();
         for index in order {
             let node = g.node(index)?;
             let base = types.len();
@@ -238,6 +242,9 @@ impl Graph {
                 .iter()
                 .map(|p| ValueId(first_value[p.node.0.index()] + p.output))
                 .collect();
+            if node.persist {
+                persisted.extend((base..base + node.outputs.len()).map(ValueId));
+            }
             if let Op::Input { name } = &node.op {
                 feeds.push(FeedSlot {
                     name: name.clone(),
@@ -270,23 +277,66 @@ impl Graph {
         drop(g);
 
         // 4. Rewrite: folding, CSE, simplification, dead code (passes/).
+        // Persisted values ride along as outputs, so no pass drops them or
+        // renames them unseen.
+        let requested = outputs.len();
         let mut ir = passes::Ir {
             steps,
             types,
-            outputs,
+            outputs: outputs.into_iter().chain(persisted).collect(),
         };
         let cpu = backends.iter().find(|b| b.device() == Device::Cpu);
         passes::pipeline(&mut ir, &options.passes, cpu)?;
         let passes::Ir {
-            mut steps,
+            steps,
             types,
-            outputs,
+            mut outputs,
         } = ir;
+        let persisted = outputs.split_off(requested);
         let feeds: Vec<FeedSlot> = feeds
             .into_iter()
             .filter(|f| steps.iter().any(|s| s.outputs.contains(&f.value)))
             .collect();
+        let lowered = Lowered {
+            steps,
+            types,
+            outputs,
+            feeds,
+            graph_inputs,
+        };
+        if persisted.is_empty() {
+            finish(lowered, backends, options)
+        } else {
+            persist::compile(lowered, persisted, backends, options)
+        }
+    }
+}
 
+/// A graph lowered to steps and rewritten, before placement.
+#[derive(Clone)]
+pub(crate) struct Lowered {
+    pub(crate) steps: Vec<Step>,
+    pub(crate) types: Vec<TensorType>,
+    pub(crate) outputs: Vec<ValueId>,
+    pub(crate) feeds: Vec<FeedSlot>,
+    pub(crate) graph_inputs: Vec<String>,
+}
+
+/// Places, schedules and plans memory for lowered steps.
+pub(crate) fn finish(
+    lowered: Lowered,
+    backends: Vec<Arc<dyn Backend>>,
+    options: &CompileOptions,
+) -> Result<Plan> {
+    let Lowered {
+        mut steps,
+        types,
+        outputs,
+        feeds,
+        graph_inputs,
+    } = lowered;
+    {
+        {
         // 5. Place each step, then move values across device edges.
         let producer = schedule::producers(&steps, types.len());
         let devices = placement::place(&steps, &producer, &backends, options.device)?;
@@ -328,6 +378,8 @@ impl Graph {
             producer,
             readers,
             memory,
+            persist: None,
         })
+        }
     }
 }

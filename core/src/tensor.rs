@@ -75,6 +75,16 @@ impl Tensor {
         self
     }
 
+    /// Keeps this node's values across runs of a plan: a later run whose
+    /// feeds of the node's ancestor inputs are unchanged reuses them
+    /// instead of recomputing the node and whatever only it needs.
+    pub fn persist(self) -> Tensor {
+        if let Some(n) = self.graph.lock().dag.node_weight_mut(self.port.node.0) {
+            n.persist = !n.op.is_source();
+        }
+        self
+    }
+
     #[track_caller]
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         self.graph

@@ -15,6 +15,9 @@ pub enum EventKind {
     Free,
     /// Data moved between host and device.
     Transfer,
+    /// A device's queue busy with a submitted segment, from submission to
+    /// completion.
+    Queue,
 }
 
 /// One event of a run, times in microseconds from the run's start.
@@ -76,12 +79,16 @@ impl Timeline {
             let tid = tracks.iter().position(|t| *t == e.track).unwrap_or(0);
             sep(&mut out);
             match e.kind {
-                EventKind::Step | EventKind::Transfer => {
+                EventKind::Step | EventKind::Transfer | EventKind::Queue => {
                     let _ = write!(
                         out,
                         "{{\"ph\":\"X\",\"name\":{},\"cat\":\"{}\",\"pid\":1,\"tid\":{tid},\"ts\":{:.3},\"dur\":{:.3}}}",
                         json_string(&e.name),
-                        if e.kind == EventKind::Step { e.op } else { "transfer" },
+                        match e.kind {
+                            EventKind::Step => e.op,
+                            EventKind::Queue => "queue",
+                            _ => "transfer",
+                        },
                         e.start_us,
                         e.duration_us
                     );
