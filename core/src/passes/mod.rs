@@ -7,6 +7,11 @@ use crate::backend::Backend;
 use crate::plan::{Step, ValueId};
 use crate::{Result, TensorType};
 
+pub mod cse;
+pub mod dce;
+pub mod fold;
+pub mod simplify;
+
 /// The steps being compiled, in topological order, before placement.
 #[derive(Debug, Clone)]
 pub struct Ir {
@@ -55,8 +60,153 @@ impl PassOptions {
     }
 }
 
-/// Runs the enabled passes in order. `cpu` evaluates constant folds.
+/// Runs the enabled passes in order. `cpu` evaluates constant folds;
+/// without it folding is skipped.
 pub fn pipeline(ir: &mut Ir, options: &PassOptions, cpu: Option<&Arc<dyn Backend>>) -> Result<()> {
-    let _ = (ir, options, cpu);
+    // Evaluate steps whose operands are all constants, once, on the CPU.
+    if let (true, Some(cpu)) = (options.constant_folding, cpu) {
+        fold::fold_constants(ir, cpu)?;
+    }
+    // Compute each op on the same operands once (folded constants included).
+    if options.cse {
+        cse::eliminate_common_subexpressions(ir);
+    }
+    // Identities: x*1, x+0, x-0, x/1, i32 x*0, --x, reshape and permute chains.
+    if options.simplify {
+        simplify::simplify(ir);
+    }
+    // Drop the steps no requested output needs any more.
+    if options.dce {
+        dce::eliminate_dead_code(ir);
+    }
     Ok(())
+}
+
+/// Which value stands in for each value, as passes merge and bypass steps.
+///
+/// A target is always a value that survives the pass and is not itself
+/// replaced, so one lookup resolves a chain.
+#[derive(Debug, Clone)]
+pub(crate) struct Replacements(Vec<ValueId>);
+
+impl Replacements {
+    /// No replacements among `values` ids.
+    pub(crate) fn new(values: usize) -> Self {
+        Replacements((0..values).map(ValueId).collect())
+    }
+
+    /// The value that stands in for `v` (`v` itself when none).
+    pub(crate) fn get(&self, v: ValueId) -> ValueId {
+        self.0.get(v.0).copied().unwrap_or(v)
+    }
+
+    /// From now on, readers of `from` read `to`.
+    pub(crate) fn set(&mut self, from: ValueId, to: ValueId) {
+        let to = self.get(to);
+        if let Some(slot) = self.0.get_mut(from.0) {
+            *slot = to;
+        }
+    }
+
+    /// Rewrites a step's operands. Replacements keep the type, so the
+    /// kernel's operand types stay as they are.
+    pub(crate) fn apply_to_step(&self, step: &mut Step) {
+        for v in &mut step.inputs {
+            *v = self.get(*v);
+        }
+    }
+
+    /// Rewrites the requested outputs.
+    pub(crate) fn apply_to_outputs(&self, outputs: &mut [ValueId]) {
+        for v in outputs {
+            *v = self.get(*v);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Lowering a whole graph into an [`Ir`] the way `Graph::compile` does,
+    //! so each pass can be tested alone without a backend.
+
+    use petgraph::algo::toposort;
+    use petgraph::visit::NodeIndexable;
+
+    use super::Ir;
+    use crate::backend::Kernel;
+    use crate::plan::{Step, ValueId};
+    use crate::{Graph, NodeId, Op, Tensor};
+
+    /// Every node of `g` as a step, in a topological order.
+    pub(crate) fn lower(g: &Graph, outputs: &[&Tensor]) -> Ir {
+        let inner = g.lock();
+        let order = toposort(&inner.dag, None).expect("graphs are acyclic");
+        let mut first = vec![usize::MAX; inner.dag.node_bound()];
+        let mut types = Vec::new();
+        let mut steps = Vec::new();
+        for index in order {
+            let node = &inner.dag[index];
+            let base = types.len();
+            first[index.index()] = base;
+            types.extend(node.outputs.iter().cloned());
+            let inputs: Vec<ValueId> = node
+                .inputs
+                .iter()
+                .map(|p| ValueId(first[p.node.0.index()] + p.output))
+                .collect();
+            steps.push(Step {
+                name: node.name.clone(),
+                node: NodeId(index),
+                location: node.location,
+                kernel: Kernel {
+                    op: node.op.clone(),
+                    inputs: inputs.iter().map(|v| types[v.0].clone()).collect(),
+                    outputs: node.outputs.clone(),
+                },
+                inputs,
+                outputs: (base..base + node.outputs.len()).map(ValueId).collect(),
+                free_after: Vec::new(),
+                device: 0,
+                pin: node.pin,
+            });
+        }
+        let outputs = outputs
+            .iter()
+            .map(|t| ValueId(first[t.port.node.0.index()] + t.port.output))
+            .collect();
+        Ir {
+            steps,
+            types,
+            outputs,
+        }
+    }
+
+    /// How many steps run `name` (an [`Op::name`]).
+    pub(crate) fn count(ir: &Ir, name: &str) -> usize {
+        ir.steps.iter().filter(|s| s.kernel.op.name() == name).count()
+    }
+
+    /// Checks the invariants every pass keeps: operands are produced by an
+    /// earlier step, kernel operand types match, outputs exist.
+    pub(crate) fn check(ir: &Ir) {
+        let mut made = vec![false; ir.types.len()];
+        for s in &ir.steps {
+            assert_eq!(s.inputs.len(), s.kernel.inputs.len(), "{}: operand count", s.name);
+            for (v, ty) in s.inputs.iter().zip(&s.kernel.inputs) {
+                assert!(made[v.0], "{}: operand {v} is not produced before it", s.name);
+                assert_eq!(&ir.types[v.0], ty, "{}: operand {v} type", s.name);
+            }
+            for (v, ty) in s.outputs.iter().zip(&s.kernel.outputs) {
+                assert_eq!(&ir.types[v.0], ty, "{}: result {v} type", s.name);
+                made[v.0] = true;
+            }
+            assert_eq!(s.outputs.len(), s.kernel.outputs.len(), "{}: result count", s.name);
+            if let Op::Constant(c) = &s.kernel.op {
+                assert_eq!(c.ty(), s.kernel.outputs[0], "{}: constant type", s.name);
+            }
+        }
+        for v in &ir.outputs {
+            assert!(made[v.0], "requested {v} is not produced");
+        }
+    }
 }
