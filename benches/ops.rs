@@ -135,5 +135,55 @@ fn mlp(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, elementwise, reduction, tall_skinny, mlp);
+/// One large matmul and many small elementwise ops, placed by the cost
+/// model (`auto`), all on the CPU, and all on the GPU.
+fn placement(c: &mut Criterion) {
+    use tensorgraph::Device;
+    let mut group = c.benchmark_group("placement_mlp");
+    configure(&mut group);
+    let (batch, d_in, d_h) = (256usize, 1024usize, 1024usize);
+    let x = common::random(&[batch, d_in], 10);
+    let w = common::random(&[d_in, d_h], 11);
+    let small = common::random(&[64], 12);
+    let build = |g: &Graph| {
+        let xin = g.input("x", DType::F32, [batch, d_in]).expect("input");
+        let h = xin.matmul(&g.constant(w.clone())).expect("mm").relu().expect("relu");
+        let feature = h.mean(&[0], false).expect("mean").slice(0, 0, 64).expect("slice");
+        // Thirty small elementwise ops on a 64-vector.
+        let mut t = g.constant(small.clone());
+        for i in 0..30 {
+            t = match i % 3 {
+                0 => t.add(&feature).expect("add"),
+                1 => t.tanh().expect("tanh"),
+                _ => (&t * 0.5).sin().expect("sin"),
+            };
+        }
+        t
+    };
+    let feeds = [("x", Value::from(x.clone()))];
+    for device in [Device::Auto, Device::Cpu, Device::Gpu] {
+        let Ok(options) = tensorgraph::options(device) else {
+            eprintln!("placement bench: {device} unavailable");
+            continue;
+        };
+        let g = Graph::new();
+        let out = build(&g);
+        let plan = g.compile(&[&out], &options).expect("compile");
+        let on_gpu = plan
+            .steps()
+            .iter()
+            .filter(|s| plan.step_device(s) == Device::Gpu)
+            .count();
+        eprintln!(
+            "placement {device}: {on_gpu} of {} steps on the GPU",
+            plan.steps().len()
+        );
+        group.bench_function(BenchmarkId::new(device.name(), batch), |b| {
+            b.iter(|| black_box(plan.run(&feeds).expect("run")))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, elementwise, reduction, tall_skinny, mlp, placement);
 criterion_main!(benches);

@@ -3,10 +3,6 @@
 //! the `gemm` crate. Each segment runs inside one `install` on the
 //! backend's own rayon pool.
 
-// `tensorgraph_core::Error` is large (its `Ctx` and shapes are inline);
-// whether to box it is core's decision, and every `Result` here is core's.
-#![allow(clippy::result_large_err)]
-
 mod element;
 mod elementwise;
 mod layout;

@@ -6,10 +6,6 @@
 //! Create it with [`WgpuBackend::new`] and hand it to a plan as an
 //! `Arc<dyn Backend>`; the `tensorgraph` facade does this in `gpu_backend()`.
 
-// `tensorgraph_core::Error` is large (it carries shapes and contexts); the
-// trait returns it by value, so boxing it here would only add conversions.
-#![allow(clippy::result_large_err)]
-
 mod backend;
 mod exec;
 pub mod kernels;

@@ -50,7 +50,7 @@ pub enum Error {
     #[error("{ctx}: shapes {} do not broadcast", join_shapes(.shapes))]
     Broadcast {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// The operand shapes.
         shapes: Vec<Shape>,
     },
@@ -58,7 +58,7 @@ pub enum Error {
     #[error("{ctx}: dtypes differ ({lhs} {lhs_shape} vs {rhs} {rhs_shape}); cast one operand first")]
     DTypeMismatch {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// Left operand dtype.
         lhs: DType,
         /// Left operand shape.
@@ -72,7 +72,7 @@ pub enum Error {
     #[error("{ctx}: not defined for {dtype} (input shape {shape}){hint}")]
     UnsupportedDType {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// The offending dtype.
         dtype: DType,
         /// The input's shape.
@@ -84,7 +84,7 @@ pub enum Error {
     #[error("{ctx}: cannot multiply {lhs} by {rhs}: {reason}")]
     MatMulShape {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// Left shape.
         lhs: Shape,
         /// Right shape.
@@ -96,7 +96,7 @@ pub enum Error {
     #[error("{ctx}: axis {axis} is out of range for shape {shape} (rank {})", .shape.rank())]
     Axis {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// The axis as given.
         axis: isize,
         /// The tensor's shape.
@@ -106,7 +106,7 @@ pub enum Error {
     #[error("{ctx}: axis {axis} appears twice for shape {shape}")]
     DuplicateAxis {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// The repeated axis, normalised.
         axis: usize,
         /// The tensor's shape.
@@ -116,7 +116,7 @@ pub enum Error {
     #[error("{ctx}: cannot reshape {from} into {to:?}: {reason}")]
     Reshape {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// Input shape.
         from: Shape,
         /// Requested dims (-1 infers one).
@@ -128,7 +128,7 @@ pub enum Error {
     #[error("{ctx}: {perm:?} is not a permutation of the axes of {shape}")]
     Permutation {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// The permutation as given.
         perm: Vec<isize>,
         /// The tensor's shape.
@@ -138,7 +138,7 @@ pub enum Error {
     #[error("{ctx}: cannot broadcast {from} to {to}")]
     BroadcastTo {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// Input shape.
         from: Shape,
         /// Target shape.
@@ -148,7 +148,7 @@ pub enum Error {
     #[error("{ctx}: bad slice of {shape} on axis {axis}: {reason}")]
     Slice {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// Input shape.
         shape: Shape,
         /// The axis as given.
@@ -160,7 +160,7 @@ pub enum Error {
     #[error("{ctx}: cannot concatenate {} on axis {axis}: {reason}", join_shapes(.shapes))]
     Concat {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// Input shapes.
         shapes: Vec<Shape>,
         /// The axis as given.
@@ -172,7 +172,7 @@ pub enum Error {
     #[error("{ctx}: cannot split {shape} on axis {axis}: {reason}")]
     Split {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// Input shape.
         shape: Shape,
         /// The axis as given.
@@ -184,7 +184,7 @@ pub enum Error {
     #[error("{ctx}: {op} over an empty axis of {shape} has no value")]
     EmptyReduction {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// The reduction.
         op: &'static str,
         /// The input shape.
@@ -194,7 +194,7 @@ pub enum Error {
     #[error("{ctx}: operand `{operand}` belongs to another graph")]
     ForeignTensor {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// Name of the foreign operand.
         operand: String,
     },
@@ -202,7 +202,7 @@ pub enum Error {
     #[error("{ctx}: an input named `{name}` already exists")]
     DuplicateInput {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// The name.
         name: String,
     },
@@ -267,7 +267,7 @@ pub enum Error {
     #[error("{ctx}: backend `{backend}` cannot run it: {reason}")]
     Unsupported {
         /// Where.
-        ctx: Ctx,
+        ctx: Box<Ctx>,
         /// The backend's name.
         backend: String,
         /// Why.

@@ -121,11 +121,11 @@ impl Graph {
         let mut g = self.lock();
         if g.inputs.contains_key(name) {
             return Err(Error::DuplicateInput {
-                ctx: Ctx {
+                ctx: Box::new(Ctx {
                     op: "input",
                     node: name.to_string(),
                     location,
-                },
+                }),
                 name: name.to_string(),
             });
         }
@@ -272,7 +272,7 @@ impl Graph {
         };
         if let Some(foreign) = inputs.iter().find(|t| !t.graph.same(self)) {
             return Err(Error::ForeignTensor {
-                ctx,
+                ctx: Box::new(ctx),
                 operand: foreign.name(),
             });
         }

@@ -322,7 +322,7 @@ impl Op {
 pub(crate) fn infer_unary(ctx: &Ctx, op: UnaryOp, x: &TensorType) -> Result<TensorType> {
     if op.float_only() && !x.dtype.is_float() {
         return Err(Error::UnsupportedDType {
-            ctx: ctx.clone(),
+            ctx: Box::new(ctx.clone()),
             dtype: x.dtype,
             shape: x.shape.clone(),
             hint: "; cast to f32 first",
@@ -335,7 +335,7 @@ pub(crate) fn infer_unary(ctx: &Ctx, op: UnaryOp, x: &TensorType) -> Result<Tens
 pub(crate) fn infer_binary(ctx: &Ctx, a: &TensorType, b: &TensorType) -> Result<TensorType> {
     if a.dtype != b.dtype {
         return Err(Error::DTypeMismatch {
-            ctx: ctx.clone(),
+            ctx: Box::new(ctx.clone()),
             lhs: a.dtype,
             lhs_shape: a.shape.clone(),
             rhs: b.dtype,
@@ -343,7 +343,7 @@ pub(crate) fn infer_binary(ctx: &Ctx, a: &TensorType, b: &TensorType) -> Result<
         });
     }
     let shape = a.shape.broadcast(&b.shape).ok_or_else(|| Error::Broadcast {
-        ctx: ctx.clone(),
+        ctx: Box::new(ctx.clone()),
         shapes: vec![a.shape.clone(), b.shape.clone()],
     })?;
     Ok(TensorType::new(a.dtype, shape))
@@ -353,7 +353,7 @@ pub(crate) fn infer_binary(ctx: &Ctx, a: &TensorType, b: &TensorType) -> Result<
 pub(crate) fn infer_matmul(ctx: &Ctx, a: &TensorType, b: &TensorType) -> Result<TensorType> {
     if a.dtype != b.dtype {
         return Err(Error::DTypeMismatch {
-            ctx: ctx.clone(),
+            ctx: Box::new(ctx.clone()),
             lhs: a.dtype,
             lhs_shape: a.shape.clone(),
             rhs: b.dtype,
@@ -361,7 +361,7 @@ pub(crate) fn infer_matmul(ctx: &Ctx, a: &TensorType, b: &TensorType) -> Result<
         });
     }
     let bad = |reason: String| Error::MatMulShape {
-        ctx: ctx.clone(),
+        ctx: Box::new(ctx.clone()),
         lhs: a.shape.clone(),
         rhs: b.shape.clone(),
         reason,
@@ -394,13 +394,13 @@ pub(crate) fn normalize_axes(ctx: &Ctx, shape: &Shape, axes: &[isize]) -> Result
     let mut out = Vec::with_capacity(axes.len());
     for &a in axes {
         let n = shape.axis(a).ok_or_else(|| Error::Axis {
-            ctx: ctx.clone(),
+            ctx: Box::new(ctx.clone()),
             axis: a,
             shape: shape.clone(),
         })?;
         if out.contains(&n) {
             return Err(Error::DuplicateAxis {
-                ctx: ctx.clone(),
+                ctx: Box::new(ctx.clone()),
                 axis: n,
                 shape: shape.clone(),
             });
@@ -423,7 +423,7 @@ pub(crate) fn infer_reduce(
     let empty = axes.iter().any(|&a| x.shape.dims()[a] == 0);
     if empty && matches!(op, ReduceOp::Max | ReduceOp::Min) {
         return Err(Error::EmptyReduction {
-            ctx: ctx.clone(),
+            ctx: Box::new(ctx.clone()),
             op: op.name(),
             shape: x.shape.clone(),
         });
@@ -450,7 +450,7 @@ pub(crate) fn infer_reduce(
 /// Reshape with at most one `-1` inferred.
 pub(crate) fn infer_reshape(ctx: &Ctx, x: &TensorType, to: &[isize]) -> Result<TensorType> {
     let bad = |reason: String| Error::Reshape {
-        ctx: ctx.clone(),
+        ctx: Box::new(ctx.clone()),
         from: x.shape.clone(),
         to: to.to_vec(),
         reason,
@@ -489,7 +489,7 @@ pub(crate) fn infer_permute(
     perm: &[isize],
 ) -> Result<(Vec<usize>, TensorType)> {
     let bad = || Error::Permutation {
-        ctx: ctx.clone(),
+        ctx: Box::new(ctx.clone()),
         perm: perm.to_vec(),
         shape: x.shape.clone(),
     };
@@ -512,7 +512,7 @@ pub(crate) fn infer_permute(
 pub(crate) fn infer_broadcast_to(ctx: &Ctx, x: &TensorType, to: &Shape) -> Result<TensorType> {
     if !x.shape.broadcasts_to(to) {
         return Err(Error::BroadcastTo {
-            ctx: ctx.clone(),
+            ctx: Box::new(ctx.clone()),
             from: x.shape.clone(),
             to: to.clone(),
         });
@@ -531,7 +531,7 @@ pub(crate) fn infer_slice(
     step: isize,
 ) -> Result<(Vec<SliceRange>, TensorType)> {
     let bad = |reason: String| Error::Slice {
-        ctx: ctx.clone(),
+        ctx: Box::new(ctx.clone()),
         shape: x.shape.clone(),
         axis,
         reason,
@@ -572,7 +572,7 @@ pub(crate) fn infer_slice(
 pub(crate) fn infer_concat(ctx: &Ctx, xs: &[TensorType], axis: isize) -> Result<(usize, TensorType)> {
     let shapes = || xs.iter().map(|t| t.shape.clone()).collect::<Vec<_>>();
     let bad = |reason: String| Error::Concat {
-        ctx: ctx.clone(),
+        ctx: Box::new(ctx.clone()),
         shapes: shapes(),
         axis,
         reason,
@@ -615,7 +615,7 @@ pub(crate) fn infer_split(
     spec: &SplitSpec,
 ) -> Result<(Op, Vec<TensorType>)> {
     let bad = |reason: String| Error::Split {
-        ctx: ctx.clone(),
+        ctx: Box::new(ctx.clone()),
         shape: x.shape.clone(),
         axis,
         reason,

@@ -36,7 +36,7 @@ pub(crate) fn place(
         }
         let supported = |d: usize| backends[d].supports(&step.kernel);
         let unsupported = |d: usize, reason: String| Error::Unsupported {
-            ctx: step.ctx(),
+            ctx: Box::new(step.ctx()),
             backend: backends[d].name().to_string(),
             reason,
         };

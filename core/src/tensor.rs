@@ -246,7 +246,7 @@ impl Tensor {
                 .graph
                 .push("matmul", &[self, rhs], |ctx, t| {
                     Err(crate::Error::MatMulShape {
-                        ctx: ctx.clone(),
+                        ctx: Box::new(ctx.clone()),
                         lhs: t[0].shape.clone(),
                         rhs: t[1].shape.clone(),
                         reason: "operands must have rank >= 1".into(),
