@@ -8,16 +8,18 @@ use tensorgraph::Device;
 pub fn devices() -> Vec<(Device, String)> {
     [Device::Cpu, Device::Gpu]
         .into_iter()
-        .filter_map(|d| match tensorgraph::options(d).and_then(|o| o.resolve()) {
-            Ok(b) => {
-                eprintln!("bench device {d}: {}", b.name());
-                Some((d, format!("tensorgraph-{}", d.name())))
-            }
-            Err(e) => {
-                eprintln!("bench device {d} skipped: {e}");
-                None
-            }
-        })
+        .filter_map(
+            |d| match tensorgraph::options(d).and_then(|o| o.resolve()) {
+                Ok(b) => {
+                    eprintln!("bench device {d}: {}", b.name());
+                    Some((d, format!("tensorgraph-{}", d.name())))
+                }
+                Err(e) => {
+                    eprintln!("bench device {d} skipped: {e}");
+                    None
+                }
+            },
+        )
         .collect()
 }
 

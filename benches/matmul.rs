@@ -12,7 +12,9 @@ use tensorgraph::{DType, Graph, Value};
 
 fn matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("matmul");
-    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500));
     for &n in &[256usize, 1024, 2048] {
         let a = common::random(&[n, n], 1);
         let b = common::random(&[n, n], 2);

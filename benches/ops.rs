@@ -7,8 +7,10 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use ndarray::{ArrayD, Axis, Ix2};
 use tensorgraph::{DType, Graph, Tensor, Value};
 
@@ -65,7 +67,9 @@ fn elementwise(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("ndarray", n), &n, |b, _| {
             b.iter(|| black_box(chain_ndarray(&x)))
         });
-        bench_devices(&mut group, n, &[("x", Value::from(x.clone()))], |g| chain_graph(g, n));
+        bench_devices(&mut group, n, &[("x", Value::from(x.clone()))], |g| {
+            chain_graph(g, n)
+        });
     }
     group.finish();
 }
@@ -117,9 +121,15 @@ fn mlp(c: &mut Criterion) {
     configure(&mut group);
     let (batch, d_in, d_h, d_out) = (512usize, 784usize, 1024usize, 10usize);
     let x = common::random(&[batch, d_in], 7);
-    let w1 = common::random(&[d_in, d_h], 8).into_dimensionality::<Ix2>().expect("2-D");
-    let w2 = common::random(&[d_h, d_out], 9).into_dimensionality::<Ix2>().expect("2-D");
-    group.throughput(Throughput::Elements(2 * (batch * (d_in * d_h + d_h * d_out)) as u64));
+    let w1 = common::random(&[d_in, d_h], 8)
+        .into_dimensionality::<Ix2>()
+        .expect("2-D");
+    let w2 = common::random(&[d_h, d_out], 9)
+        .into_dimensionality::<Ix2>()
+        .expect("2-D");
+    group.throughput(Throughput::Elements(
+        2 * (batch * (d_in * d_h + d_h * d_out)) as u64,
+    ));
     let x2 = x.clone().into_dimensionality::<Ix2>().expect("2-D");
     group.bench_function(BenchmarkId::new("ndarray", batch), |b| {
         b.iter(|| {
@@ -129,7 +139,11 @@ fn mlp(c: &mut Criterion) {
     });
     bench_devices(&mut group, batch, &[("x", Value::from(x.clone()))], |g| {
         let xin = g.input("x", DType::F32, [batch, d_in]).expect("input");
-        let h = xin.matmul(&g.constant(w1.clone())).expect("mm").relu().expect("relu");
+        let h = xin
+            .matmul(&g.constant(w1.clone()))
+            .expect("mm")
+            .relu()
+            .expect("relu");
         h.matmul(&g.constant(w2.clone())).expect("mm")
     });
     group.finish();
@@ -147,8 +161,16 @@ fn placement(c: &mut Criterion) {
     let small = common::random(&[64], 12);
     let build = |g: &Graph| {
         let xin = g.input("x", DType::F32, [batch, d_in]).expect("input");
-        let h = xin.matmul(&g.constant(w.clone())).expect("mm").relu().expect("relu");
-        let feature = h.mean(&[0], false).expect("mean").slice(0, 0, 64).expect("slice");
+        let h = xin
+            .matmul(&g.constant(w.clone()))
+            .expect("mm")
+            .relu()
+            .expect("relu");
+        let feature = h
+            .mean(&[0], false)
+            .expect("mean")
+            .slice(0, 0, 64)
+            .expect("slice");
         // Thirty small elementwise ops on a 64-vector.
         let mut t = g.constant(small.clone());
         for i in 0..30 {

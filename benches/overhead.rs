@@ -1,7 +1,6 @@
 //! Per-node overhead: a chain of 10,000 tiny elementwise ops, compiled and
 //! run. Criterion reports time per element = per node.
 
-
 use std::hint::black_box;
 use std::time::Duration;
 

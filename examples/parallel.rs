@@ -92,7 +92,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if t >= from && t < to { '#' } else { '.' }
             })
             .collect();
-        println!("  {:<2} {bar}  {from:4.2} .. {to:4.2}  on {}", s.name, s.track);
+        println!(
+            "  {:<2} {bar}  {from:4.2} .. {to:4.2}  on {}",
+            s.name, s.track
+        );
     }
     println!(
         "wall time {wall:.2?} = {:.2} units; serial would take 7 units, the critical path is 4",

@@ -64,11 +64,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [a, b, c, d] = [&arrays[0], &arrays[1], &arrays[2], &arrays[3]];
     let want = (a + b) * c * (c - d);
     let got = result[0].as_f32().ok_or("output is not f32")?;
-    let max_err = (got - &want.into_dyn()).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+    let max_err = (got - &want.into_dyn())
+        .mapv(f32::abs)
+        .fold(0.0f32, |m, &v| m.max(v));
 
     println!("device: asked for {}", args.device);
     for step in plan.steps() {
-        let node = g.node(step.node).map(|n| n.scope.join("/")).unwrap_or_default();
+        let node = g
+            .node(step.node)
+            .map(|n| n.scope.join("/"))
+            .unwrap_or_default();
         println!(
             "  {:<14} {:<10} on {:<4} in scope {node}",
             step.name,

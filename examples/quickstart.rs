@@ -61,7 +61,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .add(&g.constant(b1.clone()))?
             .relu()?
             .named("hidden");
-        let logits = h.matmul(&g.constant(w2.clone()))?.add(&g.constant(b2.clone()))?;
+        let logits = h
+            .matmul(&g.constant(w2.clone()))?
+            .add(&g.constant(b2.clone()))?;
         logits.softmax(-1)
     })?;
     let plan = g.compile(&[&probs], &options)?;
@@ -99,7 +101,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  memory: planned peak {} KiB, measured peak {} KiB, {} KiB if nothing were freed",
         plan.planned_peak_bytes() / 1024,
         stats.peak_bytes.iter().sum::<usize>() / 1024,
-        plan.planned_memory().iter().map(|m| m.total_bytes).sum::<usize>() / 1024,
+        plan.planned_memory()
+            .iter()
+            .map(|m| m.total_bytes)
+            .sum::<usize>()
+            / 1024,
     );
     println!(
         "  row 0 class probabilities: {:.3}",
@@ -132,7 +138,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [a, b, c, d] = [&arrays[0], &arrays[1], &arrays[2], &arrays[3]];
     let want = (a + b) * c * (c - d);
     let got = result[0].as_f32().ok_or("pipeline output is not f32")?;
-    let err = (got - &want.into_dyn()).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+    let err = (got - &want.into_dyn())
+        .mapv(f32::abs)
+        .fold(0.0f32, |m, &v| m.max(v));
     println!(
         "pipeline (a + b) * c * (c - d) on {shape:?}: {} steps in {took:.2?}, max |ours - ndarray| = {err:.2e}",
         plan.steps().len()

@@ -34,7 +34,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let options = tensorgraph::options(args.device)?;
     let backend = options.resolve()?;
-    println!("device: asked for {}, running on {} ({})", args.device, backend.device(), backend.name());
+    println!(
+        "device: asked for {}, running on {} ({})",
+        args.device,
+        backend.device(),
+        backend.name()
+    );
 
     let g = Graph::new();
     let shape = [64, 32];

@@ -1,10 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 pub use tensorgraph_core::{
-    Backend, BinaryOp, BufferId, CompileOptions, Ctx, DType, Device, DotDetail, DotOptions,
-    Error, EventKind, Graph, Kernel, LayoutOp, MemoryPlan, Node, NodeId, NodeStyle, Op, Plan,
-    Port, ReduceOp, Result, RunStats, Shape, SliceRange, SplitSpec, Step, Tensor, TensorType,
-    Timeline, TimelineEvent, UnaryOp, Value, ValueId,
+    Backend, BinaryOp, BufferId, CompileOptions, Ctx, DType, Device, DotDetail, DotOptions, Error,
+    EventKind, Graph, Kernel, LayoutOp, MemoryPlan, Node, NodeId, NodeStyle, Op, Plan, Port,
+    ReduceOp, Result, RunStats, Shape, SliceRange, SplitSpec, Step, Tensor, TensorType, Timeline,
+    TimelineEvent, UnaryOp, Value, ValueId,
 };
 
 pub mod viz;

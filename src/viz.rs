@@ -55,7 +55,10 @@ pub fn render(dot: &str, path: impl AsRef<Path>) -> Result<Rendered> {
                 dot_path.display(),
                 path.display()
             );
-            return Ok(Rendered::DotOnly { dot: dot_path, hint });
+            return Ok(Rendered::DotOnly {
+                dot: dot_path,
+                hint,
+            });
         }
         Err(e) => return Err(io_error(path, e)),
     };
@@ -68,7 +71,10 @@ pub fn render(dot: &str, path: impl AsRef<Path>) -> Result<Rendered> {
     if !out.status.success() {
         return Err(io_error(
             path,
-            format!("dot failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            format!(
+                "dot failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         ));
     }
     Ok(Rendered::Image(path.to_path_buf()))

@@ -56,14 +56,25 @@ fn pinned_branches_run_where_pinned_with_one_transfer_per_value_and_device() {
         .collect();
     // h goes to the GPU once (for both consumers); a and b come back in one
     // batched transfer.
-    assert_eq!(transfers.len(), 2, "{:#?}", plan.steps().iter().map(|s| &s.name).collect::<Vec<_>>());
+    assert_eq!(
+        transfers.len(),
+        2,
+        "{:#?}",
+        plan.steps().iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
     assert_eq!(transfers[0].inputs.len() + transfers[1].inputs.len(), 3);
 
     let xv = common::rand_f32(1, &[65, 33], -2.0, 2.0);
     let out = plan.run(&[("x", Value::from(xv.clone()))]).expect("run");
     let hv = xv.mapv(|v| v.max(0.0));
     let want: ArrayD<f32> = hv.mapv(f32::exp) + &hv * &hv;
-    common::assert_close(&common::f32_of(out[0].clone()), &want, 1e-5, 1e-5, "mixed plan");
+    common::assert_close(
+        &common::f32_of(out[0].clone()),
+        &want,
+        1e-5,
+        1e-5,
+        "mixed plan",
+    );
 }
 
 #[test]
@@ -88,13 +99,20 @@ fn cpu_branch_and_gpu_branch_overlap_in_time() {
     let on_cpu = branch(Device::Cpu, 40);
     let on_gpu = branch(Device::Gpu, 4);
     let plan = g
-        .compile(&[&on_cpu, &on_gpu], &tensorgraph::options(Device::Cpu).expect("options"))
+        .compile(
+            &[&on_cpu, &on_gpu],
+            &tensorgraph::options(Device::Cpu).expect("options"),
+        )
         .expect("compile");
     let xv = common::rand_f32(3, &[n, n], -1.0, 1.0);
-    let (out, timeline) = plan.run_traced(&[("x", Value::from(xv.clone()))]).expect("run");
+    let (out, timeline) = plan
+        .run_traced(&[("x", Value::from(xv.clone()))])
+        .expect("run");
 
     // Values first: both branches against ndarray.
-    let wv = common::rand_f32(2, &[n, n], -0.1, 0.1).into_dimensionality::<Ix2>().expect("2-D");
+    let wv = common::rand_f32(2, &[n, n], -0.1, 0.1)
+        .into_dimensionality::<Ix2>()
+        .expect("2-D");
     let reference = |depth: usize| {
         let mut t = xv.clone().into_dimensionality::<Ix2>().expect("2-D");
         for _ in 0..depth {
@@ -102,7 +120,8 @@ fn cpu_branch_and_gpu_branch_overlap_in_time() {
         }
         t
     };
-    let close = |a: &Array2<f32>, b: &Array2<f32>| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3);
+    let close =
+        |a: &Array2<f32>, b: &Array2<f32>| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3);
     assert!(close(&mat(&out[0]), &reference(40)), "cpu branch value");
     assert!(close(&mat(&out[1]), &reference(4)), "gpu branch value");
 
@@ -110,12 +129,20 @@ fn cpu_branch_and_gpu_branch_overlap_in_time() {
     // the GPU queue's busy slices.
     let span = |pred: &dyn Fn(&tensorgraph::TimelineEvent) -> bool| {
         let evs: Vec<_> = timeline.events.iter().filter(|e| pred(e)).collect();
-        assert!(!evs.is_empty(), "no events for a branch: {:#?}", timeline.events);
+        assert!(
+            !evs.is_empty(),
+            "no events for a branch: {:#?}",
+            timeline.events
+        );
         let start = evs.iter().map(|e| e.start_us).fold(f64::INFINITY, f64::min);
-        let end = evs.iter().map(|e| e.start_us + e.duration_us).fold(0.0, f64::max);
+        let end = evs
+            .iter()
+            .map(|e| e.start_us + e.duration_us)
+            .fold(0.0, f64::max);
         (start, end)
     };
-    let cpu = span(&|e| e.kind == EventKind::Step && e.op == "matmul" && e.track.starts_with("cpu"));
+    let cpu =
+        span(&|e| e.kind == EventKind::Step && e.op == "matmul" && e.track.starts_with("cpu"));
     let gpu = span(&|e| e.kind == EventKind::Queue);
     let overlap = cpu.1.min(gpu.1) - cpu.0.max(gpu.0);
     assert!(
@@ -130,13 +157,28 @@ fn pin_to_a_missing_gpu_is_an_error_and_auto_without_gpu_stays_on_cpu() {
     let g = Graph::new();
     let x = g.input("x", DType::F32, [4]).expect("x");
     let y = x.exp().expect("exp").on(Device::Gpu);
-    let err = g.compile(&[&y], &cpu_only).expect_err("pinned to a missing GPU");
-    assert!(matches!(err, Error::DeviceUnavailable { device: Device::Gpu, .. }), "{err}");
+    let err = g
+        .compile(&[&y], &cpu_only)
+        .expect_err("pinned to a missing GPU");
+    assert!(
+        matches!(
+            err,
+            Error::DeviceUnavailable {
+                device: Device::Gpu,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("exp_"), "names the node: {err}");
 
     let z = x.sin().expect("sin").add(&x).expect("add");
     let plan = g.compile(&[&z], &cpu_only).expect("auto on cpu");
-    assert!(plan.steps().iter().all(|s| plan.step_device(s) == Device::Cpu));
+    assert!(
+        plan.steps()
+            .iter()
+            .all(|s| plan.step_device(s) == Device::Cpu)
+    );
     let out = plan
         .run(&[("x", Value::from(ndarray::arr1(&[0.0f32, 1.0, 2.0, 3.0])))])
         .expect("run");
@@ -158,18 +200,26 @@ fn failing_custom_op_frees_everything_and_the_plan_still_works() {
     let b = x.sin().expect("sin");
     let flag = fail.clone();
     let c = g
-        .custom("flaky", &[&a], vec![TensorType::new(DType::F32, [1000])], move |ins| {
-            if flag.load(Ordering::SeqCst) {
-                return Err("sensor offline".into());
-            }
-            Ok(vec![ins[0].clone()])
-        })
+        .custom(
+            "flaky",
+            &[&a],
+            vec![TensorType::new(DType::F32, [1000])],
+            move |ins| {
+                if flag.load(Ordering::SeqCst) {
+                    return Err("sensor offline".into());
+                }
+                Ok(vec![ins[0].clone()])
+            },
+        )
         .expect("custom")
         .remove(0);
     let panicky = g
-        .custom("panicky", &[&b], vec![TensorType::new(DType::F32, [1000])], |_| {
-            panic!("custom op bug")
-        })
+        .custom(
+            "panicky",
+            &[&b],
+            vec![TensorType::new(DType::F32, [1000])],
+            |_| panic!("custom op bug"),
+        )
         .expect("custom")
         .remove(0);
     let y = c.add(&b).expect("add");
@@ -177,20 +227,36 @@ fn failing_custom_op_frees_everything_and_the_plan_still_works() {
     let feeds = [("x", Value::from(common::rand_f32(4, &[1000], -1.0, 1.0)))];
 
     let err = plan.run(&feeds).expect_err("custom op fails");
-    assert!(matches!(err, Error::Backend { ref node, .. } if node == "flaky"), "{err}");
+    assert!(
+        matches!(err, Error::Backend { ref node, .. } if node == "flaky"),
+        "{err}"
+    );
     assert!(err.to_string().contains("sensor offline"), "{err}");
-    assert_eq!(backend.live_buffers(), 0, "buffers leaked after a failed run");
+    assert_eq!(
+        backend.live_buffers(),
+        0,
+        "buffers leaked after a failed run"
+    );
 
     fail.store(false, Ordering::SeqCst);
     let out = plan.run(&feeds).expect("plan usable after the failure");
     let xv = common::f32_of(feeds[0].1.clone());
     let want = xv.mapv(f32::exp) + xv.mapv(f32::sin);
-    common::assert_close(&common::f32_of(out[0].clone()), &want, 1e-6, 1e-6, "after recovery");
+    common::assert_close(
+        &common::f32_of(out[0].clone()),
+        &want,
+        1e-6,
+        1e-6,
+        "after recovery",
+    );
     assert_eq!(backend.live_buffers(), 0);
 
     let plan = g.compile(&[&panicky], &options).expect("compile");
     let err = plan.run(&feeds).expect_err("custom op panics");
-    assert!(matches!(err, Error::Backend { ref node, .. } if node == "panicky"), "{err}");
+    assert!(
+        matches!(err, Error::Backend { ref node, .. } if node == "panicky"),
+        "{err}"
+    );
     assert!(err.to_string().contains("custom op bug"), "{err}");
     assert_eq!(backend.live_buffers(), 0);
 }
@@ -200,15 +266,22 @@ fn custom_op_returning_the_wrong_type_is_an_error() {
     let g = Graph::new();
     let x = g.input("x", DType::F32, [3]).expect("x");
     let y = g
-        .custom("liar", &[&x], vec![TensorType::new(DType::F32, [3])], |_| {
-            Ok(vec![Value::from(ndarray::arr1(&[1i32, 2]))])
-        })
+        .custom(
+            "liar",
+            &[&x],
+            vec![TensorType::new(DType::F32, [3])],
+            |_| Ok(vec![Value::from(ndarray::arr1(&[1i32, 2]))]),
+        )
         .expect("custom")
         .remove(0);
     let plan = g
         .compile(&[&y], &tensorgraph::options(Device::Auto).expect("options"))
         .expect("compile");
-    assert!(plan.steps().iter().all(|s| plan.step_device(s) == Device::Cpu || !matches!(s.kernel.op, Op::Custom(_))));
+    assert!(
+        plan.steps()
+            .iter()
+            .all(|s| plan.step_device(s) == Device::Cpu || !matches!(s.kernel.op, Op::Custom(_)))
+    );
     let err = plan
         .run(&[("x", Value::from(ndarray::arr1(&[1.0f32, 2.0, 3.0])))])
         .expect_err("wrong type");
@@ -230,10 +303,15 @@ fn persisted_values_are_reused_while_their_feeds_are_unchanged() {
     let counter = calls.clone();
     // An expensive preprocessing of w (counted), kept across runs.
     let prepared = g
-        .custom("prepare", &[&w], vec![TensorType::new(DType::F32, [8, 8])], move |ins| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Ok(vec![ins[0].clone()])
-        })
+        .custom(
+            "prepare",
+            &[&w],
+            vec![TensorType::new(DType::F32, [8, 8])],
+            move |ins| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![ins[0].clone()])
+            },
+        )
         .expect("custom")
         .remove(0)
         .tanh()
@@ -246,21 +324,48 @@ fn persisted_values_are_reused_while_their_feeds_are_unchanged() {
     let wv = common::rand_f32(5, &[8, 8], -1.0, 1.0);
     let reference = |w: &ArrayD<f32>, x: &ArrayD<f32>| {
         let w2 = w.mapv(f32::tanh).into_dimensionality::<Ix2>().expect("2-D");
-        w2.dot(&x.clone().into_dimensionality::<ndarray::Ix1>().expect("1-D")).into_dyn()
+        w2.dot(
+            &x.clone()
+                .into_dimensionality::<ndarray::Ix1>()
+                .expect("1-D"),
+        )
+        .into_dyn()
     };
     for (round, seed) in [10u64, 11, 12].into_iter().enumerate() {
         let xv = common::rand_f32(seed, &[8], -1.0, 1.0);
-        let feeds = [("w", Value::from(wv.clone())), ("x", Value::from(xv.clone()))];
+        let feeds = [
+            ("w", Value::from(wv.clone())),
+            ("x", Value::from(xv.clone())),
+        ];
         let out = plan.run(&feeds).expect("run");
-        common::assert_close(&common::f32_of(out[0].clone()), &reference(&wv, &xv), 1e-5, 1e-5, "persisted");
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "round {round}: w unchanged, prepare must not rerun");
+        common::assert_close(
+            &common::f32_of(out[0].clone()),
+            &reference(&wv, &xv),
+            1e-5,
+            1e-5,
+            "persisted",
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "round {round}: w unchanged, prepare must not rerun"
+        );
     }
     // A new w invalidates the kept value.
     let w2 = common::rand_f32(6, &[8, 8], -1.0, 1.0);
     let xv = common::rand_f32(13, &[8], -1.0, 1.0);
     let out = plan
-        .run(&[("w", Value::from(w2.clone())), ("x", Value::from(xv.clone()))])
+        .run(&[
+            ("w", Value::from(w2.clone())),
+            ("x", Value::from(xv.clone())),
+        ])
         .expect("run");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    common::assert_close(&common::f32_of(out[0].clone()), &reference(&w2, &xv), 1e-5, 1e-5, "after change");
+    common::assert_close(
+        &common::f32_of(out[0].clone()),
+        &reference(&w2, &xv),
+        1e-5,
+        1e-5,
+        "after change",
+    );
 }

@@ -126,7 +126,9 @@ pub struct Env<'a> {
 
 impl std::fmt::Debug for Env<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Env").field("values", &self.slots.len()).finish()
+        f.debug_struct("Env")
+            .field("values", &self.slots.len())
+            .finish()
     }
 }
 
@@ -236,7 +238,12 @@ pub fn trace_run(step: &Step) {
 /// different tasks run concurrently; in a sequential run they happen
 /// exactly at the plan's [`Step::free_after`] points. When the run records
 /// a timeline, this also closes the step's slice (opened by [`trace_run`]).
-pub fn release_after(backend: &dyn Backend, step: &Step, env: &Env<'_>, _meter: &Meter) -> Result<()> {
+pub fn release_after(
+    backend: &dyn Backend,
+    step: &Step,
+    env: &Env<'_>,
+    _meter: &Meter,
+) -> Result<()> {
     if let Some(rec) = env.recorder {
         let track = timeline::track(backend.device().name());
         rec.step_done(&step.name, step.kernel.op.name(), track);
@@ -247,7 +254,9 @@ pub fn release_after(backend: &dyn Backend, step: &Step, env: &Env<'_>, _meter: 
         }
     }
     for (k, &v) in step.inputs.iter().enumerate() {
-        if !step.inputs[..k].contains(&v) && env.readers_left[v.0].fetch_sub(1, Ordering::AcqRel) == 1 {
+        if !step.inputs[..k].contains(&v)
+            && env.readers_left[v.0].fetch_sub(1, Ordering::AcqRel) == 1
+        {
             env.free_value(v, step)?;
         }
     }

@@ -53,7 +53,11 @@ pub fn calibration(backend: &Arc<dyn Backend>) -> Calibration {
     static CACHE: OnceLock<Mutex<HashMap<String, Calibration>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let key = backend.name().to_string();
-    if let Some(c) = cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+    if let Some(c) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+    {
         return *c;
     }
     let measured = measure(backend).unwrap_or_else(|e| {
@@ -147,7 +151,10 @@ fn measure(backend: &Arc<dyn Backend>) -> Result<Calibration> {
     let a = g.input("a", DType::F32, [m, m])?;
     let b = a.matmul(&a)?;
     let plan = g.compile(&[&b], &options)?;
-    let feeds = [("a", Value::F32(ndarray::ArrayD::from_elem(vec![m, m], 0.5f32)))];
+    let feeds = [(
+        "a",
+        Value::F32(ndarray::ArrayD::from_elem(vec![m, m], 0.5f32)),
+    )];
     let t_mm = best_of(3, || plan.run(&feeds).map(drop))?;
     let mm_time = (t_mm - 2.0 * latency - (8 * m * m) as f64 / transfer_bps).max(1e-9);
 

@@ -38,7 +38,9 @@ impl std::str::FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "gpu" => Ok(Device::Gpu),
             "auto" => Ok(Device::Auto),
-            other => Err(format!("unknown device `{other}` (expected cpu, gpu or auto)")),
+            other => Err(format!(
+                "unknown device `{other}` (expected cpu, gpu or auto)"
+            )),
         }
     }
 }

@@ -111,7 +111,11 @@ impl ScopeTree {
                 Item::Open(name, tree) => {
                     let pad = "  ".repeat(depth);
                     let _ = writeln!(out, "{pad}subgraph cluster_{next_id} {{");
-                    let _ = writeln!(out, "{pad}  label={}; style=rounded; color=gray40;", quote(name));
+                    let _ = writeln!(
+                        out,
+                        "{pad}  label={}; style=rounded; color=gray40;",
+                        quote(name)
+                    );
                     next_id += 1;
                     depth += 1;
                     for line in &tree.lines {
@@ -149,7 +153,10 @@ fn graph_dot(g: &GraphInner, options: &DotOptions) -> String {
         let style = options.styles.get(&NodeId(index));
         let source = node.op.is_source();
         let mut attrs = vec![
-            format!("label={}", quote(&format!("{}\n{}", node.name, node.op.name()))),
+            format!(
+                "label={}",
+                quote(&format!("{}\n{}", node.name, node.op.name()))
+            ),
             format!(
                 "shape={}",
                 style
@@ -169,7 +176,10 @@ fn graph_dot(g: &GraphInner, options: &DotOptions) -> String {
             let src = port.node.0.index();
             match options.detail {
                 DotDetail::Summary => edges.push(format!("n{src} -> {id};")),
-                DotDetail::Full => edges.push(format!("t{src}_{} -> {id} [label=\"{slot}\"];", port.output)),
+                DotDetail::Full => edges.push(format!(
+                    "t{src}_{} -> {id} [label=\"{slot}\"];",
+                    port.output
+                )),
             }
         }
         if options.detail == DotDetail::Full {
@@ -183,7 +193,8 @@ fn graph_dot(g: &GraphInner, options: &DotOptions) -> String {
             }
         }
     }
-    let mut out = String::from("digraph tensorgraph {\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n");
+    let mut out =
+        String::from("digraph tensorgraph {\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n");
     tree.write(&mut out);
     for e in edges {
         let _ = writeln!(out, "  {e}");
@@ -221,7 +232,9 @@ impl Plan {
             let ty = &self.types[v.0];
             format!("{v} {ty}\n{} B, live {born}..{freed}", ty.bytes())
         };
-        let mut out = String::from("digraph plan {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", style=filled, shape=box];\n");
+        let mut out = String::from(
+            "digraph plan {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", style=filled, shape=box];\n",
+        );
         for (d, backend) in self.backends.iter().enumerate() {
             let _ = writeln!(
                 out,
@@ -235,19 +248,35 @@ impl Plan {
             let _ = writeln!(
                 out,
                 "  s{i} [label={}, fillcolor={}];",
-                quote(&format!("#{i} {}\n{} on {device}", s.name, s.kernel.op.name())),
+                quote(&format!(
+                    "#{i} {}\n{} on {device}",
+                    s.name,
+                    s.kernel.op.name()
+                )),
                 device_color(device)
             );
             for &v in &s.inputs {
                 if let Some(p) = self.producer[v.0] {
-                    let _ = writeln!(out, "  s{p} -> s{i} [label={}, fontsize=9];", quote(&value_label(v)));
+                    let _ = writeln!(
+                        out,
+                        "  s{p} -> s{i} [label={}, fontsize=9];",
+                        quote(&value_label(v))
+                    );
                 }
             }
         }
         for (k, &v) in self.outputs.iter().enumerate() {
-            let _ = writeln!(out, "  out{k} [label={}, shape=house, fillcolor=white];", quote(&format!("output {k}")));
+            let _ = writeln!(
+                out,
+                "  out{k} [label={}, shape=house, fillcolor=white];",
+                quote(&format!("output {k}"))
+            );
             if let Some(p) = self.producer[v.0] {
-                let _ = writeln!(out, "  s{p} -> out{k} [label={}, fontsize=9];", quote(&value_label(v)));
+                let _ = writeln!(
+                    out,
+                    "  s{p} -> out{k} [label={}, fontsize=9];",
+                    quote(&value_label(v))
+                );
             }
         }
         out.push_str("}\n");

@@ -55,7 +55,9 @@ pub enum Error {
         shapes: Vec<Shape>,
     },
     /// Operands have different dtypes.
-    #[error("{ctx}: dtypes differ ({lhs} {lhs_shape} vs {rhs} {rhs_shape}); cast one operand first")]
+    #[error(
+        "{ctx}: dtypes differ ({lhs} {lhs_shape} vs {rhs} {rhs_shape}); cast one operand first"
+    )]
     DTypeMismatch {
         /// Where.
         ctx: Box<Ctx>,

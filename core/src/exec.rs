@@ -134,7 +134,12 @@ impl Plan {
                 let first = &self.steps[task.steps.start].name;
                 let last = &self.steps[task.steps.end - 1].name;
                 let track = format!("{}/queue", backend.device());
-                rec.event(EventKind::Queue, format!("{first}..{last}"), track, Some(start));
+                rec.event(
+                    EventKind::Queue,
+                    format!("{first}..{last}"),
+                    track,
+                    Some(start),
+                );
             }
         }
         Ok(())
@@ -234,7 +239,10 @@ impl Plan {
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
         match s.failed.take() {
             Some(e) => Err(e),
-            None if s.left > 0 => Err(Error::Internal(format!("{} tasks never became ready", s.left))),
+            None if s.left > 0 => Err(Error::Internal(format!(
+                "{} tasks never became ready",
+                s.left
+            ))),
             None => Ok(()),
         }
     }
@@ -253,7 +261,12 @@ impl Plan {
             let value = backend.download(buffer)?;
             if let Some(rec) = env.recorder {
                 let track = format!("{}/transfers", backend.device());
-                rec.event(EventKind::Transfer, format!("download {v}"), track, Some(start));
+                rec.event(
+                    EventKind::Transfer,
+                    format!("download {v}"),
+                    track,
+                    Some(start),
+                );
             }
             if let Some(b) = env.take(v) {
                 backend.free(b, &meters[device])?;

@@ -132,7 +132,13 @@ impl Graph {
         let op = Op::Input {
             name: name.to_string(),
         };
-        let index = g.insert(op, Vec::new(), vec![ty.clone()], Some(name.to_string()), location);
+        let index = g.insert(
+            op,
+            Vec::new(),
+            vec![ty.clone()],
+            Some(name.to_string()),
+            location,
+        );
         g.inputs.insert(name.to_string(), index);
         drop(g);
         Ok(self.tensor(index, 0, ty))
@@ -300,8 +306,11 @@ impl GraphInner {
     ) -> NodeIndex {
         let name = name.unwrap_or_else(|| format!("{}_{}", op.name(), self.counter));
         self.counter += 1;
-        let edges: Vec<(NodeIndex, usize)> =
-            inputs.iter().enumerate().map(|(slot, p)| (p.node.0, slot)).collect();
+        let edges: Vec<(NodeIndex, usize)> = inputs
+            .iter()
+            .enumerate()
+            .map(|(slot, p)| (p.node.0, slot))
+            .collect();
         let index = self.dag.add_node(Node {
             op,
             inputs,

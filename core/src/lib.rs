@@ -35,9 +35,9 @@ pub use op::{
     BinaryOp, CustomError, CustomFn, CustomOp, LayoutOp, Op, ReduceOp, SliceRange, SplitSpec,
     UnaryOp,
 };
-pub use schedule::{Task, TaskKind};
 pub use passes::PassOptions;
 pub use plan::{CompileOptions, Plan, Step, ValueId};
+pub use schedule::{Task, TaskKind};
 pub use shape::Shape;
 pub use tensor::Tensor;
 pub use timeline::{EventKind, Timeline, TimelineEvent};

@@ -342,10 +342,13 @@ pub(crate) fn infer_binary(ctx: &Ctx, a: &TensorType, b: &TensorType) -> Result<
             rhs_shape: b.shape.clone(),
         });
     }
-    let shape = a.shape.broadcast(&b.shape).ok_or_else(|| Error::Broadcast {
-        ctx: Box::new(ctx.clone()),
-        shapes: vec![a.shape.clone(), b.shape.clone()],
-    })?;
+    let shape = a
+        .shape
+        .broadcast(&b.shape)
+        .ok_or_else(|| Error::Broadcast {
+            ctx: Box::new(ctx.clone()),
+            shapes: vec![a.shape.clone(), b.shape.clone()],
+        })?;
     Ok(TensorType::new(a.dtype, shape))
 }
 
@@ -379,7 +382,11 @@ pub(crate) fn infer_matmul(ctx: &Ctx, a: &TensorType, b: &TensorType) -> Result<
     let batch_b = Shape::from(&bd[..bd.len() - 2]);
     let mut dims = batch_a
         .broadcast(&batch_b)
-        .ok_or_else(|| bad(format!("batch shapes {batch_a} and {batch_b} do not broadcast")))?
+        .ok_or_else(|| {
+            bad(format!(
+                "batch shapes {batch_a} and {batch_b} do not broadcast"
+            ))
+        })?
         .0;
     dims.extend([m, n]);
     Ok(TensorType::new(a.dtype, dims))
@@ -473,7 +480,9 @@ pub(crate) fn infer_reshape(ctx: &Ctx, x: &TensorType, to: &[isize]) -> Result<T
     let mut dims: Vec<usize> = to.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(i) = infer {
         if known == 0 || !numel.is_multiple_of(known) {
-            return Err(bad(format!("{numel} elements do not divide into the known dimensions")));
+            return Err(bad(format!(
+                "{numel} elements do not divide into the known dimensions"
+            )));
         }
         dims[i] = numel / known;
     } else if known != numel {
@@ -569,7 +578,11 @@ pub(crate) fn infer_slice(
 }
 
 /// Concat: same dtype and rank, equal dims except on the axis.
-pub(crate) fn infer_concat(ctx: &Ctx, xs: &[TensorType], axis: isize) -> Result<(usize, TensorType)> {
+pub(crate) fn infer_concat(
+    ctx: &Ctx,
+    xs: &[TensorType],
+    axis: isize,
+) -> Result<(usize, TensorType)> {
     let shapes = || xs.iter().map(|t| t.shape.clone()).collect::<Vec<_>>();
     let bad = |reason: String| Error::Concat {
         ctx: Box::new(ctx.clone()),
@@ -583,7 +596,10 @@ pub(crate) fn infer_concat(ctx: &Ctx, xs: &[TensorType], axis: isize) -> Result<
     let mut dims = first.shape.0.clone();
     for t in &xs[1..] {
         if t.dtype != first.dtype {
-            return Err(bad(format!("dtypes differ ({} vs {})", first.dtype, t.dtype)));
+            return Err(bad(format!(
+                "dtypes differ ({} vs {})",
+                first.dtype, t.dtype
+            )));
         }
         if t.shape.rank() != first.shape.rank() {
             return Err(bad("ranks differ".into()));

@@ -53,7 +53,10 @@ pub(crate) fn compile(
 ) -> Result<Plan> {
     let requested = lowered.outputs.len();
     let deps = ancestor_inputs(&lowered.steps, &persisted);
-    let names: Vec<String> = persisted.iter().map(|v| format!("__persisted_{}", v.0)).collect();
+    let names: Vec<String> = persisted
+        .iter()
+        .map(|v| format!("__persisted_{}", v.0))
+        .collect();
 
     // The cached variant: each persisted value becomes an input step.
     let mut steps = Vec::with_capacity(lowered.steps.len());

@@ -59,8 +59,16 @@ pub(crate) fn place(
             continue;
         }
         device[i] = match &costs {
-            Some(costs) => cheapest(step, &step.kernel, &device, producer, steps, costs, backends)
-                .ok_or_else(|| unsupported(default, "no backend supports it".into()))?,
+            Some(costs) => cheapest(
+                step,
+                &step.kernel,
+                &device,
+                producer,
+                steps,
+                costs,
+                backends,
+            )
+            .ok_or_else(|| unsupported(default, "no backend supports it".into()))?,
             None => match supported(default) {
                 Ok(()) => default,
                 Err(reason) => (0..backends.len())

@@ -337,49 +337,49 @@ pub(crate) fn finish(
     } = lowered;
     {
         {
-        // 5. Place each step, then move values across device edges.
-        let producer = schedule::producers(&steps, types.len());
-        let devices = placement::place(&steps, &producer, &backends, options.device)?;
-        for (step, d) in steps.iter_mut().zip(devices) {
-            step.device = d;
-        }
-        let (steps, types) = placement::insert_transfers(steps, types, &backends);
-
-        // 6. Schedule: longest remaining path first, cut into tasks.
-        let (mut steps, levels) = schedule::order(steps, types.len(), rough_seconds);
-
-        // 7. Liveness: free each value right after its last use.
-        let frees = liveness::free_lists(&steps, types.len(), &outputs);
-        for (step, frees) in steps.iter_mut().zip(frees) {
-            step.free_after = frees;
-        }
-        let memory = liveness::plan_memory(&steps, &types, backends.len());
-        let tasks = schedule::tasks(&steps, &levels, types.len());
-        let mut producer = vec![None; types.len()];
-        let mut readers = vec![0u32; types.len()];
-        for (i, step) in steps.iter().enumerate() {
-            for v in &step.outputs {
-                producer[v.0] = Some(i);
+            // 5. Place each step, then move values across device edges.
+            let producer = schedule::producers(&steps, types.len());
+            let devices = placement::place(&steps, &producer, &backends, options.device)?;
+            for (step, d) in steps.iter_mut().zip(devices) {
+                step.device = d;
             }
-            for (k, v) in step.inputs.iter().enumerate() {
-                if !step.inputs[..k].contains(v) {
-                    readers[v.0] += 1;
+            let (steps, types) = placement::insert_transfers(steps, types, &backends);
+
+            // 6. Schedule: longest remaining path first, cut into tasks.
+            let (mut steps, levels) = schedule::order(steps, types.len(), rough_seconds);
+
+            // 7. Liveness: free each value right after its last use.
+            let frees = liveness::free_lists(&steps, types.len(), &outputs);
+            for (step, frees) in steps.iter_mut().zip(frees) {
+                step.free_after = frees;
+            }
+            let memory = liveness::plan_memory(&steps, &types, backends.len());
+            let tasks = schedule::tasks(&steps, &levels, types.len());
+            let mut producer = vec![None; types.len()];
+            let mut readers = vec![0u32; types.len()];
+            for (i, step) in steps.iter().enumerate() {
+                for v in &step.outputs {
+                    producer[v.0] = Some(i);
+                }
+                for (k, v) in step.inputs.iter().enumerate() {
+                    if !step.inputs[..k].contains(v) {
+                        readers[v.0] += 1;
+                    }
                 }
             }
-        }
-        Ok(Plan {
-            steps,
-            types,
-            outputs,
-            feeds,
-            graph_inputs,
-            backends,
-            tasks,
-            producer,
-            readers,
-            memory,
-            persist: None,
-        })
+            Ok(Plan {
+                steps,
+                types,
+                outputs,
+                feeds,
+                graph_inputs,
+                backends,
+                tasks,
+                producer,
+                readers,
+                memory,
+                persist: None,
+            })
         }
     }
 }

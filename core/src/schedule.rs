@@ -52,7 +52,11 @@ pub(crate) fn producers(steps: &[Step], values: usize) -> Vec<usize> {
 /// Reorders topologically sorted `steps` so that, among ready steps, the
 /// one with the longest remaining (cost-weighted) path goes first. Returns
 /// the steps and each one's remaining-path length.
-pub(crate) fn order(steps: Vec<Step>, values: usize, cost: impl Fn(&Step) -> f64) -> (Vec<Step>, Vec<f64>) {
+pub(crate) fn order(
+    steps: Vec<Step>,
+    values: usize,
+    cost: impl Fn(&Step) -> f64,
+) -> (Vec<Step>, Vec<f64>) {
     let n = steps.len();
     let producer = producers(&steps, values);
     let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];

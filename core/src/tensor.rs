@@ -254,8 +254,16 @@ impl Tensor {
                 })
                 .map(first);
         }
-        let a = if ra == 1 { self.reshape(&[1, -1])? } else { self.clone() };
-        let b = if rb == 1 { rhs.reshape(&[-1, 1])? } else { rhs.clone() };
+        let a = if ra == 1 {
+            self.reshape(&[1, -1])?
+        } else {
+            self.clone()
+        };
+        let b = if rb == 1 {
+            rhs.reshape(&[-1, 1])?
+        } else {
+            rhs.clone()
+        };
         let out = self
             .graph
             .push("matmul", &[&a, &b], |ctx, t| {
@@ -398,7 +406,10 @@ impl Tensor {
     pub fn cast(&self, dtype: DType) -> Result<Tensor> {
         self.graph
             .push("cast", &[self], |_, t| {
-                Ok((Op::Cast(dtype), vec![TensorType::new(dtype, t[0].shape.clone())]))
+                Ok((
+                    Op::Cast(dtype),
+                    vec![TensorType::new(dtype, t[0].shape.clone())],
+                ))
             })
             .map(first)
     }

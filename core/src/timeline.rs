@@ -175,7 +175,13 @@ impl Recorder {
     }
 
     /// A free or a transfer at a point in time, or over `[start, now)`.
-    pub(crate) fn event(&self, kind: EventKind, name: String, track: String, start: Option<Instant>) {
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        name: String,
+        track: String,
+        start: Option<Instant>,
+    ) {
         let end = Instant::now();
         let start = start.unwrap_or(end);
         self.push(TimelineEvent {
