@@ -110,7 +110,8 @@ impl CpuBackend {
             | Op::Layout(_)
             | Op::Concat { .. }
             | Op::Split { .. }
-            | Op::Cast(_) => {
+            | Op::Cast(_)
+            | Op::Fused(_) => {
                 let inputs = self.operands(step, env)?;
                 let refs: Vec<&Value> = inputs.iter().map(|v| &**v).collect();
                 Some(compute(&step.kernel, &refs).map_err(fail)?)
@@ -199,6 +200,7 @@ fn compute(kernel: &Kernel, inputs: &[&Value]) -> KResult<Vec<Value>> {
     match &kernel.op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not computed".into()),
         Op::Custom(_) | Op::Transfer { .. } => Err("not a kernel".into()),
+        Op::Fused(_) => Err("fused kernels are not implemented on the CPU yet".into()),
         Op::Unary(op) => dispatch(&elementwise::Unary(*op), inputs),
         Op::Binary(op) => dispatch(
             &elementwise::Binary {

@@ -162,6 +162,7 @@ impl Backend for WgpuBackend {
             | Op::Concat { .. }
             | Op::Split { .. }
             | Op::Cast(_) => Ok(()),
+            Op::Fused(_) => Err("fused kernels are not generated for the GPU yet".into()),
             Op::Custom(_) => Err("custom ops run on the CPU".into()),
             Op::Transfer { .. } => Err("transfers are run by the executor".into()),
         }

@@ -112,7 +112,7 @@ fn lower(
     let y = nth(ys, 0)?;
     match op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not dispatched".into()),
-        Op::Custom(_) | Op::Transfer { .. } => Err("not a GPU kernel".into()),
+        Op::Custom(_) | Op::Transfer { .. } | Op::Fused(_) => Err("not a GPU kernel".into()),
         Op::Unary(u) => elementwise::unary(rec, *u, nth(xs, 0)?, y),
         Op::Binary(b) => elementwise::binary(rec, *b, nth(xs, 0)?, nth(xs, 1)?, y),
         Op::Cast(to) => elementwise::cast(rec, *to, nth(xs, 0)?, y),

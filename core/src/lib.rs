@@ -8,6 +8,7 @@ pub mod device;
 pub mod dot;
 pub mod dtype;
 pub mod error;
+pub mod fused;
 mod exec;
 pub mod graph;
 pub mod liveness;
@@ -29,6 +30,7 @@ pub use dot::{DotDetail, DotOptions, NodeStyle};
 pub use dtype::DType;
 pub use error::{Ctx, Error, Result};
 pub use exec::RunStats;
+pub use fused::{FusedExpr, Instr, Scalar};
 pub use graph::{Graph, Node, NodeId, Port};
 pub use liveness::MemoryPlan;
 pub use op::{

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::shape::normalize_axis;
+use crate::fused::FusedExpr;
 use crate::{Ctx, DType, Device, Error, Result, Shape, TensorType, Value};
 
 /// Elementwise ops of one operand.
@@ -219,6 +220,9 @@ pub enum Op {
     /// Convert elements to another dtype (f32 -> i32 truncates toward zero
     /// and saturates; NaN becomes 0).
     Cast(DType),
+    /// A fused elementwise program (built by the fusion pass, never by
+    /// users): one kernel, one pass over memory.
+    Fused(Arc<FusedExpr>),
     /// A user closure over host arrays; runs on the CPU.
     Custom(CustomOp),
     /// Copies values between devices. Inserted by the planner at device
@@ -273,6 +277,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Split { .. } => "split",
             Op::Cast(_) => "cast",
+            Op::Fused(_) => "fused",
             Op::Custom(_) => "custom",
             Op::Transfer { .. } => "transfer",
         }
@@ -280,7 +285,7 @@ impl Op {
 
     /// Whether the op maps elements one to one (with broadcasting).
     pub fn is_elementwise(&self) -> bool {
-        matches!(self, Op::Unary(_) | Op::Binary(_) | Op::Cast(_))
+        matches!(self, Op::Unary(_) | Op::Binary(_) | Op::Cast(_) | Op::Fused(_))
     }
 
     /// Whether the op only moves data.
@@ -307,6 +312,7 @@ impl Op {
             }
             Op::Reduce { .. } => inputs.first().map_or(0, |t| t.shape.numel()) as u64,
             Op::Unary(_) | Op::Binary(_) => out,
+            Op::Fused(e) => out * e.instrs.len() as u64,
             Op::Input { .. } | Op::Constant(_) | Op::Layout(_) => 0,
             Op::Concat { .. } | Op::Split { .. } | Op::Cast(_) => 0,
             Op::Custom(_) | Op::Transfer { .. } => 0,

@@ -70,6 +70,7 @@ fn key_hash(step: &Step) -> Option<u64> {
         Op::Concat { axis } => axis.hash(&mut h),
         Op::Split { axis, sizes } => (axis, sizes).hash(&mut h),
         Op::Cast(d) => d.hash(&mut h),
+        Op::Fused(e) => e.to_string().hash(&mut h),
     }
     Some(h.finish())
 }
@@ -78,7 +79,10 @@ fn key_hash(step: &Step) -> Option<u64> {
 fn hash_value(v: &Value, h: &mut impl Hasher) {
     v.ty().hash(h);
     match v {
-        Value::F32(a) => a.iter().take(HASHED_ELEMENTS).for_each(|x| x.to_bits().hash(h)),
+        Value::F32(a) => a
+            .iter()
+            .take(HASHED_ELEMENTS)
+            .for_each(|x| x.to_bits().hash(h)),
         Value::I32(a) => a.iter().take(HASHED_ELEMENTS).for_each(|x| x.hash(h)),
     }
 }
@@ -105,7 +109,10 @@ pub(crate) fn same_constant(a: &Value, b: &Value) -> bool {
     }
     match (a, b) {
         (Value::F32(x), Value::F32(y)) => {
-            x.shape() == y.shape() && x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits())
+            x.shape() == y.shape()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
         }
         (Value::I32(x), Value::I32(y)) => x == y,
         (Value::F32(_), Value::I32(_)) | (Value::I32(_), Value::F32(_)) => false,
@@ -135,8 +142,15 @@ mod tests {
         check(&ir);
         assert_eq!(count(&ir, "matmul"), 1);
         assert_eq!(count(&ir, "relu"), 1);
-        assert_eq!(ir.outputs[1], ir.outputs[2], "both outputs read the one relu");
-        let add = ir.steps.iter().find(|s| s.kernel.op.name() == "add").expect("add kept");
+        assert_eq!(
+            ir.outputs[1], ir.outputs[2],
+            "both outputs read the one relu"
+        );
+        let add = ir
+            .steps
+            .iter()
+            .find(|s| s.kernel.op.name() == "add")
+            .expect("add kept");
         assert_eq!(add.inputs[0], add.inputs[1]);
         assert_eq!(add.inputs[0], ir.outputs[1]);
     }
@@ -162,9 +176,11 @@ mod tests {
         let g = Graph::new();
         let x = g.input("x", DType::F32, [3]).expect("input");
         let custom = |g: &Graph| {
-            g.custom("id", &[&x], vec![x.ty().clone()], |ins| Ok(vec![ins[0].clone()]))
-                .expect("custom")
-                .remove(0)
+            g.custom("id", &[&x], vec![x.ty().clone()], |ins| {
+                Ok(vec![ins[0].clone()])
+            })
+            .expect("custom")
+            .remove(0)
         };
         let (c1, c2) = (custom(&g), custom(&g));
         let e1 = x.exp().expect("exp");
