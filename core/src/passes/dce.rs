@@ -40,7 +40,11 @@ mod tests {
         let unused = g.input("unused", DType::F32, [3]).expect("input");
         let y = x.exp().expect("exp");
         // A dead chain hanging off a live value, and one off an unread input.
-        let _dead = y.sin().and_then(|t| t.cos()).and_then(|t| t.tanh()).expect("dead");
+        let _dead = y
+            .sin()
+            .and_then(|t| t.cos())
+            .and_then(|t| t.tanh())
+            .expect("dead");
         let _dead2 = unused.relu().expect("dead");
         let mut ir = lower(&g, &[&y]);
         assert_eq!(ir.steps.len(), 7);

@@ -183,7 +183,10 @@ pub(crate) mod testing {
 
     /// How many steps run `name` (an [`Op::name`]).
     pub(crate) fn count(ir: &Ir, name: &str) -> usize {
-        ir.steps.iter().filter(|s| s.kernel.op.name() == name).count()
+        ir.steps
+            .iter()
+            .filter(|s| s.kernel.op.name() == name)
+            .count()
     }
 
     /// Checks the invariants every pass keeps: operands are produced by an
@@ -191,16 +194,30 @@ pub(crate) mod testing {
     pub(crate) fn check(ir: &Ir) {
         let mut made = vec![false; ir.types.len()];
         for s in &ir.steps {
-            assert_eq!(s.inputs.len(), s.kernel.inputs.len(), "{}: operand count", s.name);
+            assert_eq!(
+                s.inputs.len(),
+                s.kernel.inputs.len(),
+                "{}: operand count",
+                s.name
+            );
             for (v, ty) in s.inputs.iter().zip(&s.kernel.inputs) {
-                assert!(made[v.0], "{}: operand {v} is not produced before it", s.name);
+                assert!(
+                    made[v.0],
+                    "{}: operand {v} is not produced before it",
+                    s.name
+                );
                 assert_eq!(&ir.types[v.0], ty, "{}: operand {v} type", s.name);
             }
             for (v, ty) in s.outputs.iter().zip(&s.kernel.outputs) {
                 assert_eq!(&ir.types[v.0], ty, "{}: result {v} type", s.name);
                 made[v.0] = true;
             }
-            assert_eq!(s.outputs.len(), s.kernel.outputs.len(), "{}: result count", s.name);
+            assert_eq!(
+                s.outputs.len(),
+                s.kernel.outputs.len(),
+                "{}: result count",
+                s.name
+            );
             if let Op::Constant(c) = &s.kernel.op {
                 assert_eq!(c.ty(), s.kernel.outputs[0], "{}: constant type", s.name);
             }

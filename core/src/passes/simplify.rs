@@ -104,7 +104,11 @@ fn rewrite(ir: &Ir, producer: &[usize], i: usize) -> Option<Rewrite> {
             let zero = *b == BinaryOp::Mul && (all(x, 0) || all(y, 0));
             if zero && ty.dtype == DType::I32 && ty.shape.numel() <= MAX_FOLDED_ELEMENTS {
                 let zeros = Value::I32(ArrayD::zeros(IxDyn(ty.shape.dims())));
-                return Some(Rewrite::Become(Op::Constant(Arc::new(zeros)), Vec::new(), "i32 x*0"));
+                return Some(Rewrite::Become(
+                    Op::Constant(Arc::new(zeros)),
+                    Vec::new(),
+                    "i32 x*0",
+                ));
             }
             None
         }
@@ -136,8 +140,10 @@ fn rewrite(ir: &Ir, producer: &[usize], i: usize) -> Option<Rewrite> {
                 (Op::Layout(LayoutOp::Permute(first)), &[inner]) => {
                     // Output axis j is x's axis outer[j], which is inner's
                     // axis first[outer[j]].
-                    let composed: Vec<usize> =
-                        outer.iter().map(|&j| first.get(j).copied()).collect::<Option<_>>()?;
+                    let composed: Vec<usize> = outer
+                        .iter()
+                        .map(|&j| first.get(j).copied())
+                        .collect::<Option<_>>()?;
                     if is_identity(&composed) {
                         Some(Rewrite::Replace(inner, "permute of permute"))
                     } else {
@@ -250,12 +256,19 @@ mod tests {
             .and_then(|t| t.reshape(&[24]))
             .and_then(|t| t.reshape(&[4, 6]))
             .expect("reshapes");
-        let back = y.reshape(&[2, 12]).and_then(|t| t.reshape(&[2, 3, 4])).expect("back");
+        let back = y
+            .reshape(&[2, 12])
+            .and_then(|t| t.reshape(&[2, 3, 4]))
+            .expect("back");
         let own = x.reshape(&[2, 3, 4]).expect("own");
         let ir = run(&g, &[&y, &back, &own]);
         assert_eq!(count(&ir, "reshape"), 1);
         let xv = value_of(&ir, &x);
-        let r = ir.steps.iter().find(|s| s.kernel.op.name() == "reshape").expect("one");
+        let r = ir
+            .steps
+            .iter()
+            .find(|s| s.kernel.op.name() == "reshape")
+            .expect("one");
         assert_eq!(r.inputs, [xv]);
         assert_eq!(r.kernel.op, Op::Layout(LayoutOp::Reshape([4, 6].into())));
         assert_eq!(ir.outputs, [r.outputs[0], xv, xv]);
@@ -277,7 +290,11 @@ mod tests {
         let ir = run(&g, &[&p, &q, &ident]);
         let xv = value_of(&ir, &x);
         assert_eq!(count(&ir, "permute"), 1);
-        let s = ir.steps.iter().find(|s| s.kernel.op.name() == "permute").expect("one");
+        let s = ir
+            .steps
+            .iter()
+            .find(|s| s.kernel.op.name() == "permute")
+            .expect("one");
         // [2, 0, 1] then swapping the first two axes: x's axes [0, 2, 1].
         assert_eq!(s.kernel.op, Op::Layout(LayoutOp::Permute(vec![0, 2, 1])));
         assert_eq!(ir.types[s.outputs[0].0].shape.dims(), [2, 4, 3]);
