@@ -245,16 +245,24 @@ impl Plan {
         }
         for (i, s) in self.steps.iter().enumerate() {
             let device = self.backends[s.device].device();
-            let _ = writeln!(
-                out,
-                "  s{i} [label={}, fillcolor={}];",
-                quote(&format!(
-                    "#{i} {}\n{} on {device}",
-                    s.name,
-                    s.kernel.op.name()
-                )),
+            let node = format!(
+                "s{i} [label={}, fillcolor={}];",
+                quote(&format!("#{i} {}\n{} on {device}", s.name, s.kernel.op.name())),
                 device_color(device)
             );
+            if let crate::Op::Fused(expr) = &s.kernel.op {
+                // A fused kernel is drawn as a cluster holding its program.
+                let program = expr.to_string().replace("; ", "\n");
+                let _ = writeln!(out, "  subgraph cluster_fused_{i} {{");
+                let _ = writeln!(
+                    out,
+                    "    label={}; style=dashed; color=gray30; fontsize=9;",
+                    quote(&format!("fused kernel\n{program}"))
+                );
+                let _ = writeln!(out, "    {node}\n  }}");
+            } else {
+                let _ = writeln!(out, "  {node}");
+            }
             for &v in &s.inputs {
                 if let Some(p) = self.producer[v.0] {
                     let _ = writeln!(

@@ -88,8 +88,14 @@ impl Plan {
 
     fn execute(&self, env: &Env<'_>, meters: &[Meter]) -> Result<Vec<Value>> {
         if self.tasks.len() <= 1 || self.sequential() {
-            for task in &self.tasks {
-                self.run_task(task, env, meters)?;
+            for (t, task) in self.tasks.iter().enumerate() {
+                if env.recorder.is_some() {
+                    // Recording: wait for each GPU segment so the timeline
+                    // shows when the device really worked.
+                    self.run_lane_task(t, env, meters)?;
+                } else {
+                    self.run_task(task, env, meters)?;
+                }
             }
         } else {
             self.run_concurrent(env, meters)?;
