@@ -7,7 +7,8 @@
 // struct Params { n: u32 (elements), _pad0, _pad1, _pad2 }
 //
 // Template: {{SRC}}, {{DST}} element types (f32 | i32); {{EXPR}} an
-// expression of `v` (helpers below). Dispatch as in unary.wgsl.
+// expression of `v` over the helpers of math.wgsl (spliced in at the
+// HELPERS placeholder). Dispatch as in unary.wgsl.
 
 struct Params {
     n: u32,
@@ -20,23 +21,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> y: array<{{DST}}>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-// f32 -> i32 truncating toward zero, saturating; NaN becomes 0 (Rust `as`).
-fn f32_to_i32(v: f32) -> i32 {
-    if is_nan(v) {
-        return 0;
-    }
-    if v >= 2147483648.0 {
-        return 2147483647;
-    }
-    if v <= -2147483648.0 {
-        return -2147483647 - 1;
-    }
-    return i32(v);
-}
+{{HELPERS}}
 
 fn op(v: {{SRC}}) -> {{DST}} {
     return {{EXPR}};

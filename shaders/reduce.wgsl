@@ -28,7 +28,8 @@
 // }
 //
 // Template: {{T}} element type; {{WG}} threads per workgroup (power of
-// two); {{COMBINE}} a function name folding two {{T}}s (helpers below);
+// two); {{COMBINE}} a function name folding two {{T}}s (helpers below
+// and math.wgsl's max_f32/min_f32, spliced in at the HELPERS placeholder);
 // {{FINISH}} an expression of the total `acc` and the count `p.n_red`.
 // Dispatch: ceil(n_out / cols) workgroups, folded into y past the cap.
 
@@ -55,9 +56,7 @@ const WG: u32 = {{WG}}u;
 
 var<workgroup> partial: array<{{T}}, WG>;
 
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
+{{HELPERS}}
 
 fn add_f32(a: f32, b: f32) -> f32 {
     return a + b;
@@ -65,15 +64,6 @@ fn add_f32(a: f32, b: f32) -> f32 {
 
 fn add_i32(a: i32, b: i32) -> i32 {
     return a + b;
-}
-
-// NaN-propagating, as the CPU backend's max2/min2.
-fn max_f32(a: f32, b: f32) -> f32 {
-    return select(max(a, b), a + b, is_nan(a) || is_nan(b));
-}
-
-fn min_f32(a: f32, b: f32) -> f32 {
-    return select(min(a, b), a + b, is_nan(a) || is_nan(b));
 }
 
 fn max_i32(a: i32, b: i32) -> i32 {

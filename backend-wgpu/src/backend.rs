@@ -1,13 +1,16 @@
 //! The `Backend` trait for [`WgpuBackend`]: capability checks, buffers,
 //! transfers and synchronisation. Segment execution is in `exec.rs`.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use ndarray::{ArrayD, IxDyn};
 use tensorgraph_core::backend::{Env, Meter, Segment};
-use tensorgraph_core::{Backend, BufferId, DType, Device, Kernel, Op, Result, TensorType, Value};
+use tensorgraph_core::{
+    Backend, BufferId, DType, Device, FusedExpr, Kernel, Op, Result, TensorType, Value,
+};
 
 use crate::WgpuBackend;
+use crate::fused::{Access, FusedProgram};
 use crate::params::MAX_RANK;
 
 impl WgpuBackend {
@@ -36,6 +39,48 @@ impl WgpuBackend {
         if ty.shape.numel() > u32::MAX as usize {
             return Err(format!(
                 "{ty} has more elements than the shaders' 32-bit indices reach"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why the fused program `expr` cannot run as `kernel` here, if it
+    /// cannot: a malformed program, or more storage bindings (operands plus
+    /// output) or parameters than the adapter allows one shader.
+    fn check_fused(
+        &self,
+        expr: &Arc<FusedExpr>,
+        kernel: &Kernel,
+    ) -> std::result::Result<(), String> {
+        let out = kernel
+            .outputs
+            .first()
+            .ok_or("a fused kernel has one output")?;
+        let program = FusedProgram::new(expr, &kernel.inputs, out)?;
+        let limits = &self.gpu.limits;
+        let storage = program.storage_buffers();
+        let max = limits.max_storage_buffers_per_shader_stage as usize;
+        if storage > max {
+            return Err(format!(
+                "fused kernel reads {} operands: {storage} storage buffers with its output, \
+                 past this adapter's max_storage_buffers_per_shader_stage ({max}); \
+                 split it into kernels of at most {} operands",
+                storage - 1,
+                max.saturating_sub(1)
+            ));
+        }
+        // Header and shape rows, then one row pair per strided operand.
+        let strided = program
+            .access()
+            .iter()
+            .filter(|a| **a == Access::Strided)
+            .count();
+        let params = 16 + 32 * (strided as u64 + 1);
+        if params > u64::from(limits.max_uniform_buffer_binding_size) {
+            return Err(format!(
+                "fused kernel broadcasts {strided} operands: {params} bytes of parameters, \
+                 past this adapter's max_uniform_buffer_binding_size ({})",
+                limits.max_uniform_buffer_binding_size
             ));
         }
         Ok(())
@@ -162,7 +207,7 @@ impl Backend for WgpuBackend {
             | Op::Concat { .. }
             | Op::Split { .. }
             | Op::Cast(_) => Ok(()),
-            Op::Fused(_) => Err("fused kernels are not generated for the GPU yet".into()),
+            Op::Fused(expr) => self.check_fused(expr, kernel),
             Op::Custom(_) => Err("custom ops run on the CPU".into()),
             Op::Transfer { .. } => Err("transfers are run by the executor".into()),
         }

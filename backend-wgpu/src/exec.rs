@@ -3,10 +3,10 @@
 //! segment are caught in error scopes and returned as `Err`.
 
 use tensorgraph_core::backend::{Env, Meter, Segment, release_after, trace_run};
-use tensorgraph_core::{LayoutOp, Op, Result, Step};
+use tensorgraph_core::{Backend, BufferId, Kernel, LayoutOp, Op, Result, Step};
 
 use crate::WgpuBackend;
-use crate::kernels::{Operand, elementwise, layout, matmul, reduce};
+use crate::kernels::{Operand, elementwise, fused, layout, matmul, reduce};
 use crate::record::Recorder;
 
 impl WgpuBackend {
@@ -48,6 +48,53 @@ impl WgpuBackend {
         match oom.or(validation) {
             None => Ok(()),
             Some(e) => Err(self.error(last, format!("the GPU rejected the segment: {e}"))),
+        }
+    }
+
+    /// Runs one `kernel` outside any plan, on buffers this backend holds:
+    /// fresh output buffers come back (reported to `meter`), submitted
+    /// without waiting. For tests and benchmarks of single kernels, such
+    /// as fused programs, which no graph builder makes directly.
+    pub fn run_kernel(
+        &self,
+        kernel: &Kernel,
+        inputs: &[BufferId],
+        meter: &Meter,
+    ) -> Result<Vec<BufferId>> {
+        let fail = |m: String| self.error(kernel.op.name(), m);
+        self.supports(kernel).map_err(fail)?;
+        let _recording = self
+            .recording
+            .lock()
+            .map_err(|_| fail("recording lock poisoned".into()))?;
+        let device = &self.gpu.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut xs = Vec::with_capacity(inputs.len());
+        for &id in inputs {
+            let slot = self.pool.get(id).map_err(fail)?;
+            xs.push(Operand {
+                buffer: slot.buffer,
+                ty: slot.ty,
+            });
+        }
+        let mut ids = Vec::with_capacity(kernel.outputs.len());
+        let mut ys = Vec::with_capacity(kernel.outputs.len());
+        for ty in &kernel.outputs {
+            let (id, buffer) = self.pool.alloc(ty, false).map_err(fail)?;
+            meter.alloc(ty.bytes());
+            ids.push(id);
+            ys.push(Operand {
+                buffer,
+                ty: ty.clone(),
+            });
+        }
+        let mut rec = Recorder::new(&self.gpu, &self.pipelines);
+        let result = lower(&mut rec, &kernel.op, &xs, &ys).and_then(|()| rec.submit());
+        let validation = pollster::block_on(validation.pop());
+        result.map_err(fail)?;
+        match validation {
+            None => Ok(ids),
+            Some(e) => Err(fail(format!("the GPU rejected the kernel: {e}"))),
         }
     }
 
@@ -112,7 +159,8 @@ fn lower(
     let y = nth(ys, 0)?;
     match op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not dispatched".into()),
-        Op::Custom(_) | Op::Transfer { .. } | Op::Fused(_) => Err("not a GPU kernel".into()),
+        Op::Custom(_) | Op::Transfer { .. } => Err("not a GPU kernel".into()),
+        Op::Fused(expr) => fused::fused(rec, expr, xs, y),
         Op::Unary(u) => elementwise::unary(rec, *u, nth(xs, 0)?, y),
         Op::Binary(b) => elementwise::binary(rec, *b, nth(xs, 0)?, nth(xs, 1)?, y),
         Op::Cast(to) => elementwise::cast(rec, *to, nth(xs, 0)?, y),

@@ -8,6 +8,7 @@
 
 mod backend;
 mod exec;
+pub mod fused;
 pub mod kernels;
 pub mod params;
 mod pipelines;

@@ -3,9 +3,19 @@
 //! arguments and is what pipelines are cached by.
 //!
 //! Dtype and op dispatch into WGSL happens here, in one place: each op
-//! maps to an expression over the helpers its shader file defines.
+//! maps to an expression over the helpers of `shaders/math.wgsl`, which
+//! every elementwise shader (fused kernels included) splices in at its
+//! `{{HELPERS}}` placeholder.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use tensorgraph_core::{BinaryOp, DType, ReduceOp, UnaryOp};
+
+use crate::fused::FusedProgram;
+
+/// The scalar helpers shared by the elementwise shaders (`math.wgsl`).
+pub const HELPERS: &str = include_str!("../../shaders/math.wgsl");
 
 /// One WGSL file of `shaders/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,17 +32,20 @@ pub enum Shader {
     Layout,
     /// Tiled, batched matrix product.
     MatMul,
+    /// The frame of generated fused elementwise programs.
+    Fused,
 }
 
 impl Shader {
     /// Every shader file.
-    pub const ALL: [Shader; 6] = [
+    pub const ALL: [Shader; 7] = [
         Shader::Unary,
         Shader::Binary,
         Shader::Cast,
         Shader::Reduce,
         Shader::Layout,
         Shader::MatMul,
+        Shader::Fused,
     ];
 
     /// The file's name, e.g. `matmul.wgsl`.
@@ -44,6 +57,7 @@ impl Shader {
             Shader::Reduce => "reduce.wgsl",
             Shader::Layout => "layout.wgsl",
             Shader::MatMul => "matmul.wgsl",
+            Shader::Fused => "fused.wgsl",
         }
     }
 
@@ -56,6 +70,7 @@ impl Shader {
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Layout => include_str!("../../shaders/layout.wgsl"),
             Shader::MatMul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Fused => include_str!("../../shaders/fused.wgsl"),
         }
     }
 }
@@ -78,12 +93,33 @@ pub fn expand(source: &str, args: &[(&str, &str)]) -> Result<String, String> {
 }
 
 /// A shader with its template arguments: one compute pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Identity (equality and hashing, hence the pipeline cache) is the file
+/// and `args`; a generated program's canonical text is one of its args, so
+/// the program itself is only consulted when the source is built.
+#[derive(Debug, Clone)]
 pub struct ShaderKey {
     /// The file.
     pub shader: Shader,
     /// `(placeholder, value)` pairs.
     pub args: Vec<(&'static str, String)>,
+    /// A generated program filling the rest of the template (fused kernels).
+    pub program: Option<Arc<FusedProgram>>,
+}
+
+impl PartialEq for ShaderKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.shader == other.shader && self.args == other.args
+    }
+}
+
+impl Eq for ShaderKey {}
+
+impl Hash for ShaderKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.shader.hash(state);
+        self.args.hash(state);
+    }
 }
 
 impl ShaderKey {
@@ -91,12 +127,28 @@ impl ShaderKey {
         ShaderKey {
             shader,
             args: args.iter().map(|&(k, v)| (k, v.to_string())).collect(),
+            program: None,
+        }
+    }
+
+    /// The key of a generated `program`, identified by its canonical `key`.
+    pub fn generated(shader: Shader, key: String, program: Arc<FusedProgram>) -> Self {
+        ShaderKey {
+            shader,
+            args: vec![("KEY", key)],
+            program: Some(program),
         }
     }
 
     /// The expanded WGSL.
     pub fn source(&self) -> Result<String, String> {
-        let args: Vec<(&str, &str)> = self.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let generated = match &self.program {
+            Some(p) => p.template_args()?,
+            None => Vec::new(),
+        };
+        let mut args: Vec<(&str, &str)> = self.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        args.extend(generated.iter().map(|(k, v)| (*k, v.as_str())));
+        args.push(("HELPERS", HELPERS));
         expand(self.shader.source(), &args).map_err(|e| format!("{}: {e}", self.label()))
     }
 
@@ -118,10 +170,11 @@ pub const fn wgsl_type(dtype: DType) -> &'static str {
     }
 }
 
-/// The unary kernel for `op` on `dtype`; `None` where the op is undefined
-/// (transcendental ops on integers, which the builder already rejects).
-pub fn unary(op: UnaryOp, dtype: DType) -> Option<ShaderKey> {
-    let expr = match (op, dtype) {
+/// The WGSL expression of `op` on `dtype`, over the operand `v`; `None`
+/// where the op is undefined (transcendental ops on integers, which the
+/// builder already rejects).
+pub const fn unary_expr(op: UnaryOp, dtype: DType) -> Option<&'static str> {
+    Some(match (op, dtype) {
         (UnaryOp::Neg, DType::F32) => "-v",
         (UnaryOp::Neg, DType::I32) => "0 - v",
         (UnaryOp::Abs, _) => "abs(v)",
@@ -144,16 +197,21 @@ pub fn unary(op: UnaryOp, dtype: DType) -> Option<ShaderKey> {
             | UnaryOp::Cos,
             DType::I32,
         ) => return None,
-    };
+    })
+}
+
+/// The unary kernel for `op` on `dtype`; `None` where the op is undefined.
+pub fn unary(op: UnaryOp, dtype: DType) -> Option<ShaderKey> {
+    let expr = unary_expr(op, dtype)?;
     Some(ShaderKey::new(
         Shader::Unary,
         &[("T", wgsl_type(dtype)), ("EXPR", expr)],
     ))
 }
 
-/// The binary kernel for `op` on `dtype`.
-pub fn binary(op: BinaryOp, dtype: DType) -> ShaderKey {
-    let expr = match (op, dtype) {
+/// The WGSL expression of `op` on `dtype`, over the operands `a` and `b`.
+pub const fn binary_expr(op: BinaryOp, dtype: DType) -> &'static str {
+    match (op, dtype) {
         (BinaryOp::Add, _) => "a + b",
         (BinaryOp::Sub, _) => "a - b",
         (BinaryOp::Mul, _) => "a * b",
@@ -165,17 +223,27 @@ pub fn binary(op: BinaryOp, dtype: DType) -> ShaderKey {
         (BinaryOp::Min, DType::I32) => "min(a, b)",
         (BinaryOp::Pow, DType::F32) => "pow_f32(a, b)",
         (BinaryOp::Pow, DType::I32) => "pow_i32(a, b)",
-    };
+    }
+}
+
+/// The binary kernel for `op` on `dtype`.
+pub fn binary(op: BinaryOp, dtype: DType) -> ShaderKey {
+    let expr = binary_expr(op, dtype);
     ShaderKey::new(Shader::Binary, &[("T", wgsl_type(dtype)), ("EXPR", expr)])
+}
+
+/// The WGSL expression converting `v` from `from` to `to`.
+pub const fn cast_expr(from: DType, to: DType) -> &'static str {
+    match (from, to) {
+        (DType::F32, DType::I32) => "f32_to_i32(v)",
+        (DType::I32, DType::F32) => "f32(v)",
+        (DType::F32, DType::F32) | (DType::I32, DType::I32) => "v",
+    }
 }
 
 /// The conversion kernel from `from` to `to`.
 pub fn cast(from: DType, to: DType) -> ShaderKey {
-    let expr = match (from, to) {
-        (DType::F32, DType::I32) => "f32_to_i32(v)",
-        (DType::I32, DType::F32) => "f32(v)",
-        (DType::F32, DType::F32) | (DType::I32, DType::I32) => "v",
-    };
+    let expr = cast_expr(from, to);
     ShaderKey::new(
         Shader::Cast,
         &[
@@ -252,7 +320,35 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(layout(d));
         out.push(matmul(d));
     }
+    out.extend(fused_samples());
     out
+}
+
+/// Two small fused programs, `exp(x) * y + 1` over operands of the
+/// output's shape (the flat form) and over broadcast ones (the strided
+/// form): representatives of `fused.wgsl` among [`all_variants`].
+fn fused_samples() -> Vec<ShaderKey> {
+    use tensorgraph_core::{FusedExpr, Instr, Scalar, TensorType};
+    let expr = Arc::new(FusedExpr {
+        instrs: vec![
+            Instr::Input(0),
+            Instr::Unary(UnaryOp::Exp, 0),
+            Instr::Input(1),
+            Instr::Binary(BinaryOp::Mul, 1, 2),
+            Instr::Scalar(Scalar::F32(1.0)),
+            Instr::Binary(BinaryOp::Add, 3, 4),
+        ],
+        dtypes: vec![DType::F32; 6],
+    });
+    let t = |dims: &[usize]| TensorType::new(DType::F32, dims.to_vec());
+    [
+        ([t(&[4, 8]), t(&[4, 8])], t(&[4, 8])),
+        ([t(&[4, 1]), t(&[8])], t(&[4, 8])),
+    ]
+    .into_iter()
+    .filter_map(|(ins, out)| FusedProgram::new(&expr, &ins, &out).ok())
+    .map(FusedProgram::shader_key)
+    .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! CPU-only: every WGSL file, expanded for every dtype and op variant the
-//! backend builds, parses and validates with naga, with no placeholder left.
+//! backend builds, and generated fused kernels for a representative set of
+//! programs, parse and validate with naga, with no placeholder left.
+
+use std::sync::Arc;
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
+use tensorgraph_core::{BinaryOp, DType, FusedExpr, Instr, Scalar, TensorType, UnaryOp};
+use tensorgraph_wgpu::fused::FusedProgram;
 use tensorgraph_wgpu::shaders::{self, Shader};
 
 fn validate(label: &str, source: &str) {
@@ -69,4 +74,191 @@ fn a_broken_shader_is_caught() {
             )
             .is_err()
     );
+}
+
+/// `dims` of `dtype`.
+fn ty(dtype: DType, dims: &[usize]) -> TensorType {
+    TensorType::new(dtype, dims.to_vec())
+}
+
+/// A program from `(instr, dtype)` pairs.
+fn program(steps: &[(Instr, DType)]) -> Arc<FusedExpr> {
+    Arc::new(FusedExpr {
+        instrs: steps.iter().map(|s| s.0).collect(),
+        dtypes: steps.iter().map(|s| s.1).collect(),
+    })
+}
+
+/// Operand layouts for `k` operands of `dtype`, output `[4, 8]`: every
+/// operand whole (the flat form), and a mix of whole, single-element and
+/// broadcast operands (the strided form).
+fn layouts(dtype: DType, k: usize) -> Vec<(Vec<TensorType>, TensorType)> {
+    let out = ty(dtype, &[4, 8]);
+    let mixed = [&[4, 8][..], &[], &[4, 1], &[8], &[1, 1], &[1, 8]];
+    vec![
+        (vec![out.clone(); k], out.clone()),
+        (
+            (0..k).map(|j| ty(dtype, mixed[(j + 2) % 6])).collect(),
+            out.clone(),
+        ),
+    ]
+}
+
+/// A representative set of fused programs: every unary and binary op on
+/// both dtypes, casts both ways, literals (non-finite and extreme ones
+/// too), literal-only programs, 1 to 6 operands, an unused operand.
+fn fused_cases() -> Vec<(String, Arc<FusedExpr>, Vec<TensorType>, TensorType)> {
+    use DType::{F32, I32};
+    let mut cases = Vec::new();
+    let mut add = |name: String, expr: Arc<FusedExpr>, k: usize, dtype: DType, out: DType| {
+        for (mut ins, o) in layouts(dtype, k) {
+            for (j, t) in ins.iter_mut().enumerate() {
+                // Operand 1 of a cast program is the other dtype.
+                if j == 1 && out != dtype {
+                    *t = ty(out, t.shape.dims());
+                }
+            }
+            cases.push((name.clone(), expr.clone(), ins, ty(out, o.shape.dims())));
+        }
+    };
+    for d in [F32, I32] {
+        for u in UnaryOp::ALL {
+            if d == I32 && u.float_only() {
+                continue;
+            }
+            let e = program(&[(Instr::Input(0), d), (Instr::Unary(u, 0), d)]);
+            add(format!("{} {d}", u.name()), e, 1, d, d);
+        }
+        for b in BinaryOp::ALL {
+            let e = program(&[
+                (Instr::Input(0), d),
+                (Instr::Input(1), d),
+                (Instr::Binary(b, 0, 1), d),
+            ]);
+            add(format!("{} {d}", b.name()), e, 2, d, d);
+        }
+    }
+    // Casts both ways and to the same type, mixing operand dtypes.
+    let e = program(&[
+        (Instr::Input(0), F32),
+        (Instr::Cast(I32, 0), I32),
+        (Instr::Input(1), I32),
+        (Instr::Binary(BinaryOp::Add, 1, 2), I32),
+        (Instr::Cast(I32, 3), I32),
+    ]);
+    add("cast f32 -> i32".into(), e, 2, F32, I32);
+    let e = program(&[
+        (Instr::Input(0), I32),
+        (Instr::Cast(F32, 0), F32),
+        (Instr::Input(1), F32),
+        (Instr::Binary(BinaryOp::Pow, 1, 2), F32),
+        (Instr::Cast(F32, 3), F32),
+    ]);
+    add("cast i32 -> f32".into(), e, 2, I32, F32);
+    // Literals, including ones naga would refuse to fold.
+    for x in [1.5f32, -0.0, f32::NAN, f32::INFINITY, -f32::INFINITY, 1e-40] {
+        let e = program(&[
+            (Instr::Input(0), F32),
+            (Instr::Scalar(Scalar::F32(x)), F32),
+            (Instr::Binary(BinaryOp::Div, 0, 1), F32),
+        ]);
+        add(format!("literal {x:?}"), e, 1, F32, F32);
+    }
+    let e = program(&[
+        (Instr::Scalar(Scalar::I32(i32::MAX)), I32),
+        (Instr::Scalar(Scalar::I32(1)), I32),
+        (Instr::Binary(BinaryOp::Add, 0, 1), I32),
+        (Instr::Scalar(Scalar::I32(0)), I32),
+        (Instr::Binary(BinaryOp::Div, 2, 3), I32),
+    ]);
+    add("literals only, overflowing".into(), e, 0, I32, I32);
+    let e = program(&[
+        (Instr::Scalar(Scalar::F32(1.0)), F32),
+        (Instr::Scalar(Scalar::F32(0.0)), F32),
+        (Instr::Binary(BinaryOp::Div, 0, 1), F32),
+    ]);
+    add("literals only, 1 / 0".into(), e, 3, F32, F32);
+    // 1 to 6 operands, each used, alternating ops, less operand 0.
+    for k in 1..=6 {
+        for d in [F32, I32] {
+            let mut steps = vec![(Instr::Input(0), d)];
+            for j in 1..k {
+                steps.push((Instr::Input(j), d));
+                let op = [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Max][j % 3];
+                steps.push((Instr::Binary(op, steps.len() - 2, steps.len() - 1), d));
+            }
+            steps.push((Instr::Binary(BinaryOp::Sub, steps.len() - 1, 0), d));
+            add(format!("{k} operands {d}"), program(&steps), k, d, d);
+        }
+    }
+    cases
+}
+
+#[test]
+fn every_fused_case_validates() {
+    let cases = fused_cases();
+    assert!(cases.len() > 80, "{} cases", cases.len());
+    let mut forms = std::collections::HashSet::new();
+    for (name, expr, ins, out) in &cases {
+        let p = FusedProgram::new(expr, ins, out).unwrap_or_else(|e| panic!("{name}: {e}"));
+        forms.insert(p.flat());
+        let key = p.shader_key();
+        let src = key.source().unwrap_or_else(|e| panic!("{name}: {e}"));
+        validate(&format!("{name} {ins:?}: {}", key.label()), &src);
+        assert!(!src.contains("}}"), "{name}: stray braces");
+    }
+    assert_eq!(forms.len(), 2, "both the flat and the strided form");
+}
+
+#[test]
+fn fused_keys_tell_programs_and_layouts_apart() {
+    let cases = fused_cases();
+    let keys: std::collections::HashSet<_> = cases
+        .iter()
+        .map(|(_, e, ins, out)| FusedProgram::new(e, ins, out).expect("valid").shader_key())
+        .collect();
+    // Only the two literal-only programs repeat: their layouts read nothing.
+    assert_eq!(keys.len(), cases.len() - 2);
+}
+
+#[test]
+fn malformed_fused_programs_are_refused() {
+    use DType::{F32, I32};
+    let x = [ty(F32, &[4])];
+    let bad = [
+        // exp on i32.
+        (
+            program(&[(Instr::Input(0), I32), (Instr::Unary(UnaryOp::Exp, 0), I32)]),
+            vec![ty(I32, &[4])],
+            "not defined",
+        ),
+        // A forward reference.
+        (
+            program(&[(Instr::Unary(UnaryOp::Neg, 1), F32), (Instr::Input(0), F32)]),
+            x.to_vec(),
+            "earlier",
+        ),
+        // Operand 1 does not exist.
+        (program(&[(Instr::Input(1), F32)]), x.to_vec(), "operand 1"),
+        // Mixed dtypes without a cast.
+        (
+            program(&[
+                (Instr::Input(0), F32),
+                (Instr::Scalar(Scalar::I32(1)), I32),
+                (Instr::Binary(BinaryOp::Add, 0, 1), F32),
+            ]),
+            x.to_vec(),
+            "add of f32 and i32",
+        ),
+        // An operand that does not broadcast to the output.
+        (
+            program(&[(Instr::Input(0), F32)]),
+            vec![ty(F32, &[5])],
+            "broadcast",
+        ),
+    ];
+    for (expr, ins, want) in bad {
+        let err = FusedProgram::new(&expr, &ins, &ty(F32, &[4])).expect_err(want);
+        assert!(err.contains(want), "{err} (wanted {want})");
+    }
 }

@@ -2,6 +2,7 @@
 //! and workgroup counts. One file per family, matching `shaders/`.
 
 pub mod elementwise;
+pub mod fused;
 pub mod layout;
 pub mod matmul;
 pub mod reduce;
