@@ -121,7 +121,7 @@ impl TypedKernel for Unary {
 }
 
 /// The logistic function, written so neither tail overflows.
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {

@@ -5,6 +5,9 @@
 
 mod element;
 mod elementwise;
+mod fused;
+#[cfg(test)]
+mod fused_tests;
 mod layout;
 mod matmul;
 mod reduce;
@@ -200,7 +203,7 @@ fn compute(kernel: &Kernel, inputs: &[&Value]) -> KResult<Vec<Value>> {
     match &kernel.op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not computed".into()),
         Op::Custom(_) | Op::Transfer { .. } => Err("not a kernel".into()),
-        Op::Fused(_) => Err("fused kernels are not implemented on the CPU yet".into()),
+        Op::Fused(expr) => Ok(vec![fused::fused(expr, out_ty()?, inputs)?]),
         Op::Unary(op) => dispatch(&elementwise::Unary(*op), inputs),
         Op::Binary(op) => dispatch(
             &elementwise::Binary {
