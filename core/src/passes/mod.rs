@@ -10,6 +10,7 @@ use crate::{Result, TensorType};
 pub mod cse;
 pub mod dce;
 pub mod fold;
+pub mod fuse;
 pub mod simplify;
 
 /// The steps being compiled, in topological order, before placement.
@@ -35,6 +36,8 @@ pub struct PassOptions {
     pub simplify: bool,
     /// Drop steps whose results nothing needs.
     pub dce: bool,
+    /// Merge trees of elementwise steps into one fused kernel each.
+    pub fusion: bool,
 }
 
 impl Default for PassOptions {
@@ -44,6 +47,7 @@ impl Default for PassOptions {
             cse: true,
             simplify: true,
             dce: true,
+            fusion: true,
         }
     }
 }
@@ -56,6 +60,7 @@ impl PassOptions {
             cse: false,
             simplify: false,
             dce: false,
+            fusion: false,
         }
     }
 }
@@ -78,6 +83,10 @@ pub fn pipeline(ir: &mut Ir, options: &PassOptions, cpu: Option<&Arc<dyn Backend
     // Drop the steps no requested output needs any more.
     if options.dce {
         dce::eliminate_dead_code(ir);
+    }
+    // Trees of elementwise steps become one kernel each (one pass over memory).
+    if options.fusion {
+        fuse::fuse_elementwise(ir);
     }
     Ok(())
 }
