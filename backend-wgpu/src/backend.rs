@@ -76,7 +76,7 @@ impl WgpuBackend {
             .filter(|a| **a == Access::Strided)
             .count();
         let params = 16 + 32 * (strided as u64 + 1);
-        if params > u64::from(limits.max_uniform_buffer_binding_size) {
+        if params > limits.max_uniform_buffer_binding_size {
             return Err(format!(
                 "fused kernel broadcasts {strided} operands: {params} bytes of parameters, \
                  past this adapter's max_uniform_buffer_binding_size ({})",

@@ -90,12 +90,18 @@ impl WgpuBackend {
         }
         let mut rec = Recorder::new(&self.gpu, &self.pipelines);
         let result = lower(&mut rec, &kernel.op, &xs, &ys).and_then(|()| rec.submit());
-        let validation = pollster::block_on(validation.pop());
-        result.map_err(fail)?;
-        match validation {
-            None => Ok(ids),
-            Some(e) => Err(fail(format!("the GPU rejected the kernel: {e}"))),
+        let result = match (result, pollster::block_on(validation.pop())) {
+            (Err(m), _) => Err(m),
+            (Ok(()), Some(e)) => Err(format!("the GPU rejected the kernel: {e}")),
+            (Ok(()), None) => return Ok(ids),
+        };
+        // Give the outputs back before reporting the failure.
+        for (&id, ty) in ids.iter().zip(&kernel.outputs) {
+            if self.pool.free(id).is_ok() {
+                meter.free(ty.bytes());
+            }
         }
+        result.map(|()| ids).map_err(fail)
     }
 
     /// Records one step: uploads for sources, dispatches for the rest.

@@ -2,6 +2,8 @@
 //! running a graph on it, seeded inputs and tolerant comparisons.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayD, Dimension, IxDyn};
