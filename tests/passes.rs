@@ -60,9 +60,19 @@ fn assert_same_values(got: &[Value], expected: &[Value], what: &str) {
     }
 }
 
-/// Compiles `outputs` with every pass on and with every pass off, runs both
-/// on `feeds`, asserts equal results and returns the plan with passes on
-/// and the one without, for the caller to inspect.
+/// The passes this file is about, with elementwise fusion off so that
+/// plans show their rewrites op by op.
+fn rewrites() -> PassOptions {
+    PassOptions {
+        fusion: false,
+        ..PassOptions::default()
+    }
+}
+
+/// Compiles `outputs` with the rewrites on and with every pass off, runs
+/// both on `feeds`, asserts equal results and returns the plan with the
+/// rewrites and the one without, for the caller to inspect. The default
+/// passes (fusion included) must agree too.
 #[track_caller]
 fn on_and_off(
     device: Device,
@@ -70,15 +80,18 @@ fn on_and_off(
     outputs: &[&Tensor],
     feeds: &[(&str, Value)],
 ) -> (Plan, Plan) {
-    let on = compile_with(device, g, outputs, PassOptions::default());
+    let on = compile_with(device, g, outputs, rewrites());
     let off = compile_with(device, g, outputs, PassOptions::none());
-    let got = on
-        .run(feeds)
-        .unwrap_or_else(|e| panic!("{device}: run with passes: {e}"));
-    let expected = off
-        .run(feeds)
-        .unwrap_or_else(|e| panic!("{device}: run without passes: {e}"));
-    assert_same_values(&got, &expected, &format!("{device}: passes on vs off"));
+    let all = compile_with(device, g, outputs, PassOptions::default());
+    let run = |plan: &Plan, what: &str| {
+        plan.run(feeds)
+            .unwrap_or_else(|e| panic!("{device}: run {what}: {e}"))
+    };
+    let expected = run(&off, "without passes");
+    let got = run(&on, "with the rewrites");
+    assert_same_values(&got, &expected, &format!("{device}: rewrites on vs off"));
+    let got = run(&all, "with every pass");
+    assert_same_values(&got, &expected, &format!("{device}: every pass vs none"));
     (on, off)
 }
 
@@ -175,7 +188,7 @@ fn folding_leaves_custom_ops_to_run_time() {
             .expect("custom")
             .remove(0);
         let y = y.exp().expect("exp");
-        let plan = compile_with(d, &g, &[&y], PassOptions::default());
+        let plan = compile_with(d, &g, &[&y], rewrites());
         assert_eq!(
             calls.load(Ordering::SeqCst),
             0,
@@ -317,7 +330,7 @@ fn simplify_integer_times_zero() {
         let g = Graph::new();
         let x = g.input("x", DType::I32, [2, 3]).expect("input");
         let y = &x * 0.0;
-        let plan = compile_with(d, &g, &[&y], PassOptions::default());
+        let plan = compile_with(d, &g, &[&y], rewrites());
         assert_eq!(ops(&plan), ["constant"], "{d}");
         let out = i32_of(plan.run(&[]).expect("runs without a feed for x").remove(0));
         assert_eq_i32(&out, &ArrayD::zeros(IxDyn(&[2, 3])), "zeros");
@@ -391,7 +404,7 @@ fn dce_drops_what_other_passes_cut_off() {
         let feeds = [feed_f32("x", rand_f32(11, &[2, 6], -1.0, 1.0))];
         let no_dce = PassOptions {
             dce: false,
-            ..PassOptions::default()
+            ..rewrites()
         };
         let kept = compile_with(d, &g, &[&y], no_dce);
         assert_eq!(
@@ -419,7 +432,7 @@ fn each_pass_can_be_switched_off() {
     let b = x.matmul(&x).expect("matmul");
     let y = (&(&a + &b) * 1.0).add(&c).expect("add");
     let with = |f: fn(&mut PassOptions)| {
-        let mut p = PassOptions::default();
+        let mut p = rewrites();
         f(&mut p);
         compile_with(Device::Cpu, &g, &[&y], p)
     };
@@ -592,7 +605,7 @@ fn passes_on_a_million_node_chain() {
         k = k.reshape(&[2]).expect("reshape");
     }
     let y = t.add(&k).expect("add");
-    let plan = compile_with(Device::Cpu, &g, &[&y], PassOptions::default());
+    let plan = compile_with(Device::Cpu, &g, &[&y], rewrites());
     assert_eq!(ops(&plan), ["add", "constant", "input"]);
     let out = f32_of(
         plan.run(&[feed_f32("x", arr1(&[0.5f32, -4.0]).into_dyn())])
