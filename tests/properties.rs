@@ -135,7 +135,7 @@ fn build(g: &Graph, spec: &OpSpec, pool: &[Bounded], seed: u64) -> Option<Vec<Bo
             // A scalar constant, often an identity: x*1, 1*x, x+0, x-0, x/1.
             let k = [0.0f32, 1.0, 2.0, -1.0, 0.5][spec.c as usize % 5];
             let c = g.scalar(k);
-            let left = spec.b % 2 == 0;
+            let left = spec.b.is_multiple_of(2);
             match (spec.c / 5) % 4 {
                 0 if left => one(c.add(xt), bx + k.abs()),
                 0 => one(xt.add(&c), bx + k.abs()),
@@ -181,7 +181,7 @@ fn build(g: &Graph, spec: &OpSpec, pool: &[Bounded], seed: u64) -> Option<Vec<Bo
         }
         6 => {
             let mut perm: Vec<isize> = (0..rank as isize).collect();
-            if spec.c % 2 == 0 {
+            if spec.c.is_multiple_of(2) {
                 perm.reverse();
             } else if rank > 0 {
                 perm.rotate_left(spec.b as usize % rank);

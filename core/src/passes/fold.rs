@@ -104,7 +104,13 @@ fn fold_one_at_a_time(ir: &mut Ir, cpu: &Arc<dyn Backend>) {
             ir.steps.push(step);
             continue;
         }
-        match evaluate(&[step.clone()], &[true], &constant, &step.outputs, cpu) {
+        match evaluate(
+            std::slice::from_ref(&step),
+            &[true],
+            &constant,
+            &step.outputs,
+            cpu,
+        ) {
             Ok(values) => {
                 for (&v, x) in step.outputs.iter().zip(values) {
                     let x = Arc::new(x);

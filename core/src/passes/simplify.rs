@@ -41,7 +41,7 @@ pub fn simplify(ir: &mut Ir) {
     }
     let mut replace = Replacements::new(ir.types.len());
     let mut removed = vec![false; ir.steps.len()];
-    for i in 0..ir.steps.len() {
+    for (i, gone) in removed.iter_mut().enumerate() {
         replace.apply_to_step(&mut ir.steps[i]);
         match rewrite(ir, &producer, i) {
             None => {}
@@ -51,11 +51,11 @@ pub fn simplify(ir: &mut Ir) {
                     tracing::debug!(target: "tensorgraph", "simplify: {} ({rule}): {out} -> {x}", step.name);
                     replace.set(out, x);
                 }
-                removed[i] = true;
+                *gone = true;
             }
             Some(Rewrite::Become(op, inputs, rule)) => {
                 let step = &mut ir.steps[i];
-                tracing::debug!(target: "tensorgraph", "simplify: {} ({rule}): {:?} of {:?} -> {op:?} of {inputs:?}", step.name, step.kernel.op, step.inputs);
+                tracing::debug!(target: "tensorgraph", "simplify: {} ({rule}): {} of {:?} -> {} of {inputs:?}", step.name, step.kernel.op.name(), step.inputs, op.name());
                 step.kernel.inputs = inputs.iter().map(|v| ir.types[v.0].clone()).collect();
                 step.kernel.op = op;
                 step.inputs = inputs;
