@@ -75,7 +75,8 @@ impl fmt::Display for FusedExpr {
             write!(f, "%{i}:{dtype} = ")?;
             match instr {
                 Instr::Input(k) => write!(f, "in{k}")?,
-                Instr::Scalar(Scalar::F32(x)) => write!(f, "{:?}f", x)?,
+                // Bits, so literals differing only in NaN payload differ.
+                Instr::Scalar(Scalar::F32(x)) => write!(f, "{x:?}f#{:08x}", x.to_bits())?,
                 Instr::Scalar(Scalar::I32(x)) => write!(f, "{x}i")?,
                 Instr::Unary(op, a) => write!(f, "{}(%{a})", op.name())?,
                 Instr::Binary(op, a, b) => write!(f, "{}(%{a}, %{b})", op.name())?,
