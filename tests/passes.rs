@@ -502,8 +502,10 @@ fn big_graph(nodes: usize) -> (Graph, Vec<Tensor>) {
     let one = g.constant(ArrayD::<f32>::ones(IxDyn(&[4, 4])));
     let mut outs = Vec::new();
     let mut t = x.clone();
-    while g.node_count() < nodes {
-        let i = g.node_count();
+    for i in 0.. {
+        if g.node_count() >= nodes {
+            break;
+        }
         t = match i % 7 {
             0 => t.matmul(&x).expect("matmul"),
             1 => t.mul(&one).expect("mul"),
@@ -563,6 +565,23 @@ fn passes_on_ten_thousand_nodes_are_fast() {
         rewritten = Some(ir);
     }
     let rewritten = rewritten.expect("ran");
+    // Each pass alone, in pipeline order, for the report.
+    let mut each = ir.clone();
+    let mut time = |name: &str, pass: &mut dyn FnMut(&mut Ir)| {
+        let start = Instant::now();
+        pass(&mut each);
+        eprintln!(
+            "  {name}: {:?} -> {} steps",
+            start.elapsed(),
+            each.steps.len()
+        );
+    };
+    time("fold", &mut |ir| {
+        passes::fold::fold_constants(ir, &cpu).expect("fold")
+    });
+    time("cse", &mut passes::cse::eliminate_common_subexpressions);
+    time("simplify", &mut passes::simplify::simplify);
+    time("dce", &mut passes::dce::eliminate_dead_code);
     let start = Instant::now();
     let plan = g.compile(&refs, &options).expect("compile");
     let compile = start.elapsed();
