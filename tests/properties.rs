@@ -63,7 +63,7 @@ fn program() -> impl Strategy<Value = Program> {
         });
     (
         prop::collection::vec(shape(), 1..=3),
-        prop::collection::vec(op, 1..16),
+        prop::collection::vec(op, 1..24),
         prop::collection::vec(any::<u8>(), 0..=3),
         any::<u64>(),
     )
@@ -354,9 +354,10 @@ fn check(p: &Program) {
 }
 
 proptest! {
-    // 32 cases by default; `PROPTEST_CASES=1000` for a longer search.
+    // 128 cases by default (well under a second); `PROPTEST_CASES=5000`
+    // for a longer search.
     #![proptest_config(Config {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(32),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(128),
         failure_persistence: None,
         ..Config::default()
     })]
