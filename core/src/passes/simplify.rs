@@ -78,13 +78,18 @@ fn rewrite(ir: &Ir, producer: &[usize], i: usize) -> Option<Rewrite> {
         let s = ir.steps.get(*producer.get(v.0)?)?;
         Some((&s.kernel.op, &s.inputs))
     };
-    let all = |v: ValueId, k: i32| match op_of(v) {
+    // IEEE: x + (+0) turns -0 into +0, so only -0 is an additive identity
+    // for f32 (and only +0 a subtractive one); `k` names the integer form.
+    let all_signed = |v: ValueId, k: i32, negative_zero: bool| match op_of(v) {
         Some((Op::Constant(c), _)) => match &**c {
-            Value::F32(a) => a.iter().all(|&x| x == k as f32),
+            Value::F32(a) => a
+                .iter()
+                .all(|&x| x == k as f32 && (k != 0 || x.is_sign_negative() == negative_zero)),
             Value::I32(a) => a.iter().all(|&x| x == k),
         },
         _ => false,
     };
+    let all = |v: ValueId, k: i32| all_signed(v, k, false);
     let same_type = |v: ValueId| ir.types[v.0] == *ty;
     match (&step.kernel.op, &step.inputs[..]) {
         (Op::Binary(b), &[x, y]) => {
@@ -95,10 +100,11 @@ fn rewrite(ir: &Ir, producer: &[usize], i: usize) -> Option<Rewrite> {
                 BinaryOp::Div => (1, false),
                 BinaryOp::Max | BinaryOp::Min | BinaryOp::Pow => return None,
             };
-            if all(y, identity) && same_type(x) {
+            let is_identity = |v: ValueId| all_signed(v, identity, *b == BinaryOp::Add);
+            if is_identity(y) && same_type(x) {
                 return Some(Rewrite::Replace(x, "identity operand"));
             }
-            if commutes && all(x, identity) && same_type(y) {
+            if commutes && is_identity(x) && same_type(y) {
                 return Some(Rewrite::Replace(y, "identity operand"));
             }
             let zero = *b == BinaryOp::Mul && (all(x, 0) || all(y, 0));
@@ -195,11 +201,21 @@ mod tests {
         let x = g.input("x", DType::F32, [2, 3]).expect("input");
         let ones = g.constant(ndarray::Array2::<f32>::ones((1, 3)));
         let zeros = g.constant(ndarray::Array1::<f32>::zeros(3));
-        let y = ((1.0 * &(&(&x * 1.0) + 0.0)) - &zeros) / &ones;
-        let y = (0.0 + &y) * &ones;
+        let y = ((1.0 * &(&(&x * 1.0) + -0.0)) - &zeros) / &ones;
+        let y = (-0.0 + &y) * &ones;
         let ir = run(&g, &[&y]);
         assert_eq!(ir.steps.len(), 1, "{:?}", ir.steps);
         assert_eq!(ir.outputs[0], value_of(&ir, &x));
+    }
+
+    #[test]
+    fn adding_positive_zero_to_f32_stays() {
+        // -0.0 + 0.0 is +0.0: dropping the add would change the sign.
+        let g = Graph::new();
+        let x = g.input("x", DType::F32, [3]).expect("input");
+        let y = &x + 0.0;
+        let ir = run(&g, &[&y]);
+        assert!(ir.steps.iter().any(|s| s.kernel.op.name() == "add"));
     }
 
     #[test]
