@@ -341,3 +341,87 @@ fn bad_programs_are_errors() {
     let wide = Value::F32(floats(&[9], 20));
     assert!(run_fused(&b.0, &[&wide], &[8]).is_err());
 }
+
+/// Throughput of an 8-op chain over 16M f32, fused, against plain ndarray
+/// op by op and a STREAM triad (writing a fresh output, as every kernel
+/// does, and a reused one). Run with
+/// `cargo test --release -p tensorgraph-cpu fused_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing; run in release"]
+fn fused_throughput() {
+    use BinaryOp::*;
+    let best = |f: &mut dyn FnMut()| {
+        (0..7)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let n = 1 << 24;
+    let (x, y) = (floats(&[n], 1), floats(&[n], 2));
+    let mut b = B::default();
+    let (xi, yi) = (b.input(0, DType::F32), b.input(1, DType::F32));
+    let (c1, c2, c3, c0, c4) = (b.f(1.5), b.f(0.75), b.f(0.25), b.f(0.0), b.f(1.0));
+    let t = b.bin(Mul, xi, c1);
+    let t = b.bin(Add, t, yi);
+    let t = b.bin(Mul, t, c2);
+    let t = b.bin(Sub, t, c3);
+    let t = b.bin(Max, t, c0);
+    let t = b.bin(Mul, t, yi);
+    let t = b.bin(Add, t, xi);
+    b.bin(Min, t, c4);
+    let (vx, vy) = (Value::F32(x.clone()), Value::F32(y.clone()));
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+    let fused =
+        pool.install(|| best(&mut || drop(run_fused(&b.0, &[&vx, &vy], &[n]).expect("fused"))));
+    let plain = best(&mut || {
+        let t = &x * 1.5;
+        let t = &t + &y;
+        let t = &t * 0.75;
+        let t = &t - 0.25;
+        let t = t.mapv(|v| v.max(0.0));
+        let t = &t * &y;
+        let t = &t + &x;
+        drop(t.mapv(|v| v.min(1.0)));
+    });
+    let (xs, ys) = (
+        x.as_slice().expect("row-major"),
+        y.as_slice().expect("row-major"),
+    );
+    let triad = |z: &mut [f32]| {
+        use rayon::prelude::*;
+        z.par_chunks_mut(1 << 16)
+            .zip(xs.par_chunks(1 << 16).zip(ys.par_chunks(1 << 16)))
+            .for_each(|(z, (x, y))| {
+                for (z, (&x, &y)) in z.iter_mut().zip(x.iter().zip(y)) {
+                    *z = x + 3.0 * y;
+                }
+            })
+    };
+    let mut reused = vec![0.0f32; n];
+    let triad_reused = pool.install(|| best(&mut || triad(&mut reused)));
+    let triad_fresh = pool.install(|| best(&mut || triad(&mut vec![0.0f32; n])));
+    let gbs = |t: f64| 12.0 * n as f64 / t / 1e9;
+    eprintln!("threads {}", pool.current_num_threads());
+    eprintln!("ndarray op by op {:7.2} ms", plain * 1e3);
+    eprintln!(
+        "fused            {:7.2} ms {:5.1} GB/s, {:.2}x faster than ndarray",
+        fused * 1e3,
+        gbs(fused),
+        plain / fused
+    );
+    eprintln!(
+        "triad, fresh out {:7.2} ms {:5.1} GB/s, fused at {:.2}x of it",
+        triad_fresh * 1e3,
+        gbs(triad_fresh),
+        triad_fresh / fused
+    );
+    eprintln!(
+        "triad, reused    {:7.2} ms {:5.1} GB/s, fused at {:.2}x of it",
+        triad_reused * 1e3,
+        gbs(triad_reused),
+        triad_reused / fused
+    );
+}
