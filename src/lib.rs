@@ -2,9 +2,9 @@
 
 pub use tensorgraph_core::{
     Backend, BinaryOp, BufferId, CompileOptions, Ctx, DType, Device, DotDetail, DotOptions, Error,
-    EventKind, Graph, Kernel, LayoutOp, MemoryPlan, Node, NodeId, NodeStyle, Op, Plan, Port,
-    ReduceOp, Result, RunStats, Shape, SliceRange, SplitSpec, Step, Tensor, TensorType, Timeline,
-    TimelineEvent, UnaryOp, Value, ValueId,
+    EventKind, Graph, Kernel, LayoutOp, MemoryPlan, Node, NodeId, NodeStyle, Op, PassOptions, Plan,
+    Port, ReduceOp, Result, RunStats, Shape, SliceRange, SplitSpec, Step, Tensor, TensorType,
+    Timeline, TimelineEvent, UnaryOp, Value, ValueId,
 };
 
 pub mod viz;

@@ -298,7 +298,7 @@ fn simplify_drops_identity_arithmetic() {
         let g = Graph::new();
         let x = g.input("x", DType::F32, [3, 5]).expect("input");
         let y = &x * 1.0;
-        let z = (&(&(1.0 * &x.exp().expect("exp")) + 0.0) - 0.0) / 1.0;
+        let z = (&(&(1.0 * &x.exp().expect("exp")) + -0.0) - 0.0) / 1.0;
         let a = rand_f32(9, &[3, 5], -3.0, 3.0);
         let (on, off) = on_and_off(d, &g, &[&y, &z], &[feed_f32("x", a.clone())]);
         assert_eq!(count(&off, "mul"), 2);

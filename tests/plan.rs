@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use ndarray::ArrayD;
+use tensorgraph::core::PassOptions;
 use tensorgraph::{Backend, CompileOptions, DType, Device, Graph, Plan, Tensor, Value};
 
 // Plans are shared across threads by reference (`Send + Sync`).
@@ -125,8 +126,16 @@ fn mlp_memory_is_as_planned_and_below_the_total() {
     });
 }
 
+/// Compiles node by node (every pass off), as liveness by hand assumes.
+fn compile_unfused(d: Device, g: &Graph, outputs: &[&Tensor]) -> Option<Plan> {
+    let mut options = tensorgraph::options(d).expect("device");
+    options.passes = PassOptions::none();
+    Some(g.compile(outputs, &options).expect("compile"))
+}
+
 /// Liveness worked out by hand: `x -> exp -> exp -> exp` on 1000 floats
 /// holds at most two buffers at once; a diamond `exp(x) * sin(x)` three.
+/// Compiled node by node (fusion would make each one kernel).
 #[test]
 fn chain_and_diamond_peaks_by_hand() {
     const B: usize = 1000 * 4;
@@ -138,7 +147,7 @@ fn chain_and_diamond_peaks_by_hand() {
             .and_then(|t| t.exp())
             .and_then(|t| t.exp())
             .expect("chain");
-        let Some(plan) = compile_on(d, &g, &[&y]) else {
+        let Some(plan) = compile_unfused(d, &g, &[&y]) else {
             return;
         };
         let a = rand_f32(5, &[1000], -1.0, 0.0);
@@ -154,7 +163,7 @@ fn chain_and_diamond_peaks_by_hand() {
         let e = x.exp().expect("exp");
         let s = x.sin().expect("sin");
         let y = e.mul(&s).expect("mul");
-        let Some(plan) = compile_on(d, &g, &[&y]) else {
+        let Some(plan) = compile_unfused(d, &g, &[&y]) else {
             return;
         };
         assert_memory_as_planned(d, &plan, &[feed("x", &a)], "diamond");
@@ -189,7 +198,20 @@ fn million_node_chain() {
         t = t.add(&one).expect("add");
     }
     assert_eq!(g.node_count(), N + 2);
-    let (backend, options) = private_cpu();
+    let (backend, mut options) = private_cpu();
+    // With the passes on, fusion folds the chain into fused kernels.
+    let fused = g.compile(&[&t], &options).expect("compile with passes");
+    assert!(fused.steps().len() < 1000, "{} steps", fused.steps().len());
+    let out = fused
+        .run(&[("x", Value::F32(ndarray::arr1(&[0.5f32]).into_dyn()))])
+        .expect("run fused");
+    assert_eq!(
+        f32_of(out.into_iter().next().expect("one")).as_slice(),
+        Some(&[1_000_000.5f32][..])
+    );
+    drop(fused);
+    // Node by node: a million steps.
+    options.passes = PassOptions::none();
     let plan = g.compile(&[&t], &options).expect("compile");
     assert_eq!(plan.steps().len(), N + 2);
     let out = plan
