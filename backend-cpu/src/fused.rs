@@ -109,7 +109,7 @@ fn bind_array<'a, T: Copy>(a: &'a ArrayD<T>, dims: &[usize]) -> KResult<Operand<
         let want = dims[lead + i];
         if d == want && d != 1 {
             strides[lead + i] = usize::try_from(s).map_err(|_| bad())?;
-            last += (d - 1) * strides[lead + i];
+            last += d.saturating_sub(1) * strides[lead + i];
         } else if d != 1 {
             return Err(bad());
         }
