@@ -247,7 +247,11 @@ impl Plan {
             let device = self.backends[s.device].device();
             let node = format!(
                 "s{i} [label={}, fillcolor={}];",
-                quote(&format!("#{i} {}\n{} on {device}", s.name, s.kernel.op.name())),
+                quote(&format!(
+                    "#{i} {}\n{} on {device}",
+                    s.name,
+                    s.kernel.op.name()
+                )),
                 device_color(device)
             );
             if let crate::Op::Fused(expr) = &s.kernel.op {

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::shape::normalize_axis;
 use crate::fused::FusedExpr;
+use crate::shape::normalize_axis;
 use crate::{Ctx, DType, Device, Error, Result, Shape, TensorType, Value};
 
 /// Elementwise ops of one operand.
@@ -285,7 +285,10 @@ impl Op {
 
     /// Whether the op maps elements one to one (with broadcasting).
     pub fn is_elementwise(&self) -> bool {
-        matches!(self, Op::Unary(_) | Op::Binary(_) | Op::Cast(_) | Op::Fused(_))
+        matches!(
+            self,
+            Op::Unary(_) | Op::Binary(_) | Op::Cast(_) | Op::Fused(_)
+        )
     }
 
     /// Whether the op only moves data.
