@@ -51,6 +51,16 @@ pub trait Backend: Send + Sync {
     /// Copies a buffer back to the host.
     fn download(&self, buffer: BufferId) -> Result<Value>;
 
+    /// Moves a buffer's value to the host and releases the buffer. The
+    /// default downloads then frees; a host backend can hand its array
+    /// over without a copy.
+    /// The buffer is released even when the download fails.
+    fn take(&self, buffer: BufferId, meter: &Meter) -> Result<Value> {
+        let value = self.download(buffer);
+        self.free(buffer, meter)?;
+        value
+    }
+
     /// Runs a segment: each step in order, binding operands from `env`,
     /// storing results into `env`, and releasing each step's
     /// [`Step::free_after`] buffers right after it (see [`release_after`]).

@@ -253,7 +253,7 @@ impl Plan {
         }
     }
 
-    /// Downloads each requested value once, then frees it.
+    /// Moves each requested value to the host once, freeing its buffer.
     fn download(&self, env: &Env<'_>, meters: &[Meter]) -> Result<Vec<Value>> {
         let mut downloaded: HashMap<usize, Value> = HashMap::new();
         for &v in &self.outputs {
@@ -262,9 +262,11 @@ impl Plan {
             }
             let device = self.device_of(v);
             let backend = &self.backends[device];
-            let buffer = env.buffer(v)?;
             let start = Instant::now();
-            let value = backend.download(buffer)?;
+            let buffer = env
+                .take(v)
+                .ok_or_else(|| Error::Internal(format!("{v} has no buffer to download")))?;
+            let value = backend.take(buffer, &meters[device])?;
             if let Some(rec) = env.recorder {
                 let track = format!("{}/transfers", backend.device());
                 rec.event(
@@ -273,9 +275,6 @@ impl Plan {
                     track,
                     Some(start),
                 );
-            }
-            if let Some(b) = env.take(v) {
-                backend.free(b, &meters[device])?;
             }
             downloaded.insert(v.0, value);
         }
