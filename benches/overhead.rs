@@ -38,9 +38,17 @@ fn overhead(c: &mut Criterion) {
     group.bench_function("compile_10k_chain", |b| {
         b.iter(|| black_box(g.compile(&[&t], &options).expect("compile")))
     });
-    let plan = g.compile(&[&t], &options).expect("compile");
     let feeds = [("x", Value::from(ndarray::arr1(&[1.0f32, -2.0, 3.0, 0.5])))];
-    group.bench_function("run_10k_chain_cpu", |b| {
+    // Node by node (every pass off): the executor's own per-node cost.
+    let mut unfused = options.clone();
+    unfused.passes = tensorgraph::PassOptions::none();
+    let plan = g.compile(&[&t], &unfused).expect("compile");
+    group.bench_function("run_10k_chain_cpu_node_by_node", |b| {
+        b.iter(|| black_box(plan.run(&feeds).expect("run")))
+    });
+    // With the passes: fusion turns the chain into a few kernels.
+    let plan = g.compile(&[&t], &options).expect("compile");
+    group.bench_function("run_10k_chain_cpu_fused", |b| {
         b.iter(|| black_box(plan.run(&feeds).expect("run")))
     });
     group.finish();
