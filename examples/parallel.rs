@@ -47,14 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let unit = Duration::from_millis(args.unit_ms);
     let options = tensorgraph::options(args.device)?;
     println!(
-        "device: asked for {}, backends: {}",
-        args.device,
-        options
-            .backends
-            .iter()
-            .map(|b| b.name().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        "{} (custom ops always run on the CPU)",
+        tensorgraph::describe(&options)?
     );
 
     let g = Graph::new();

@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .mapv(f32::abs)
         .fold(0.0f32, |m, &v| m.max(v));
 
-    println!("device: asked for {}", args.device);
+    println!("{}", tensorgraph::describe(&options)?);
     for step in plan.steps() {
         let node = g
             .node(step.node)

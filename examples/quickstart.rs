@@ -35,13 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let options = tensorgraph::options(args.device)?;
-    let backend = options.resolve()?;
-    println!(
-        "device: asked for {}, running on {} ({})",
-        args.device,
-        backend.device(),
-        backend.name()
-    );
+    println!("{}", tensorgraph::describe(&options)?);
 
     // --- a two-layer MLP: relu(x W1 + b1) W2 + b2, softmax over classes ---
     let mut rng = StdRng::seed_from_u64(7);
@@ -97,6 +91,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mlp {n}x{d_in} -> {d_hidden} -> {d_out}: {} steps, compiled in {compiled:.2?}, first run {first_run:.2?}, {per_run:.2?} per run after",
         plan.steps().len()
     );
+    for backend in plan.backends() {
+        let steps: Vec<&str> = plan
+            .steps()
+            .iter()
+            .filter(|s| plan.step_device(s) == backend.device() && !s.kernel.op.is_source())
+            .map(|s| s.name.as_str())
+            .collect();
+        println!(
+            "  on {} ({}): {}",
+            backend.device(),
+            backend.name(),
+            steps.join(", ")
+        );
+    }
     println!(
         "  memory: planned peak {} KiB, measured peak {} KiB, {} KiB if nothing were freed",
         plan.planned_peak_bytes() / 1024,

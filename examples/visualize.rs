@@ -33,13 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let started = Instant::now();
     let options = tensorgraph::options(args.device)?;
-    let backend = options.resolve()?;
-    println!(
-        "device: asked for {}, running on {} ({})",
-        args.device,
-        backend.device(),
-        backend.name()
-    );
+    println!("{}", tensorgraph::describe(&options)?);
 
     let g = Graph::new();
     let shape = [64, 32];

@@ -65,6 +65,34 @@ pub fn options(device: Device) -> Result<CompileOptions> {
     Ok(CompileOptions::new(device, backends))
 }
 
+/// One line saying where a plan compiled with `options` will run: the
+/// device and adapter, or for `Device::Auto` with several backends, that
+/// each node is placed by the calibrated cost model over which backends.
+pub fn describe(options: &CompileOptions) -> Result<String> {
+    let backend = options.resolve()?;
+    let names: Vec<String> = options
+        .backends
+        .iter()
+        .map(|b| format!("{} ({})", b.device(), b.name()))
+        .collect();
+    Ok(match options.device {
+        Device::Auto if options.backends.len() > 1 => format!(
+            "device: auto, each node placed by the cost model over {}",
+            names.join(" and ")
+        ),
+        Device::Auto => format!(
+            "device: auto chose {} ({}): no GPU adapter here",
+            backend.device(),
+            backend.name()
+        ),
+        asked => format!(
+            "device: {asked}, running on {} ({})",
+            backend.device(),
+            backend.name()
+        ),
+    })
+}
+
 /// The device `device` resolves to on this machine (`Auto` becomes `Cpu`
 /// or `Gpu`), with the backend's name.
 pub fn resolve(device: Device) -> Result<(Device, String)> {
