@@ -274,6 +274,10 @@ impl Backend for CpuBackend {
         Ok(self.store.get_owned(buffer)?.as_ref().clone())
     }
 
+    fn take(&self, buffer: BufferId, meter: &Meter) -> Result<Value> {
+        self.store.take(buffer, meter)
+    }
+
     fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {
         // A custom op may block (I/O, sleeps): it runs on the caller's
         // thread, so it never holds a pool thread others need.

@@ -145,6 +145,26 @@ impl Store {
         Ok(())
     }
 
+    /// Drops `buffer` like [`Store::remove`] and returns its value: the
+    /// array itself when this was its only reference, else a copy (a
+    /// constant shares its `Arc` with the graph). Outside a run no buffer
+    /// borrows a feed (see [`Store::own_feed`]), so a feed here is an
+    /// internal error; the buffer is released either way.
+    pub(crate) fn take(&self, buffer: BufferId, meter: &Meter) -> Result<Value> {
+        let entry = self
+            .lock()
+            .remove(&buffer.0)
+            .ok_or_else(|| missing(buffer))?;
+        meter.free(entry.bytes);
+        match entry.data {
+            Data::Owned(v) => Ok(Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone())),
+            Data::Feed(v) => Err(Error::Internal(format!(
+                "cpu buffer {} still borrows the feed of {v} outside its run",
+                buffer.0
+            ))),
+        }
+    }
+
     /// Buffers alive now.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

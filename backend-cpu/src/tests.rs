@@ -484,3 +484,52 @@ fn column_major_feeds_and_nan_propagation() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn take_moves_a_sole_buffer_and_copies_a_shared_one() -> Result<()> {
+    use tensorgraph_core::{Backend, Meter};
+    let b = backend();
+    let meter = Meter::default();
+    let a = floats(&[1000], 12);
+    let inserted = a.clone();
+    let ptr = inserted.as_ptr();
+    let sole = b.store.insert(Arc::new(Value::F32(inserted)), &meter);
+    let shared_value = Arc::new(Value::F32(a.clone()));
+    let shared = b.store.insert(shared_value.clone(), &meter);
+    assert_eq!(meter.live(), 2 * 4000);
+
+    let Value::F32(moved) = b.take(sole, &meter)? else {
+        panic!("dtype changed");
+    };
+    assert_eq!(moved, a);
+    assert_eq!(moved.as_ptr(), ptr, "the sole reference was copied");
+    let Value::F32(copied) = b.take(shared, &meter)? else {
+        panic!("dtype changed");
+    };
+    assert_eq!(copied, a);
+    assert_eq!(*shared_value, Value::F32(a));
+    assert_eq!(meter.live(), 0);
+    assert_eq!(b.live_buffers(), 0);
+    assert!(b.take(sole, &meter).is_err(), "taken twice");
+    Ok(())
+}
+
+#[test]
+fn constant_outputs_survive_being_taken() -> Result<()> {
+    let g = Graph::new();
+    let c = g.constant(Value::F32(floats(&[4, 5], 13)));
+    let x = g.input("x", DType::F32, [4, 5])?;
+    let y = x.add(&c)?;
+    let a = floats(&[4, 5], 14);
+    for _ in 0..2 {
+        let out = run(&g, &[&c, &y, &c], &[("x", a.clone().into())])?;
+        assert_eq!(out[0].clone().into_f32()?, floats(&[4, 5], 13));
+        assert_eq!(out[2], out[0]);
+        close(
+            &out[1].clone().into_f32()?,
+            &(&a + &floats(&[4, 5], 13)),
+            0.0,
+        );
+    }
+    Ok(())
+}
