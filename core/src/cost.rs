@@ -106,7 +106,9 @@ fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 /// Runs small probe plans on `backend` alone.
 fn measure(backend: &Arc<dyn Backend>) -> Result<Calibration> {
-    let options = CompileOptions::new(backend.device(), vec![backend.clone()]);
+    // Node by node: each probe measures the kernels it names.
+    let mut options = CompileOptions::new(backend.device(), vec![backend.clone()]);
+    options.passes = crate::PassOptions::none();
     let fill = |n: usize| Value::F32(ndarray::ArrayD::from_elem(vec![n], 0.5f32));
 
     // Copy in and out: an input requested as output.

@@ -11,9 +11,12 @@ use crate::plan::{Step, ValueId};
 use crate::{Device, Error, Op, Result, TensorType};
 
 /// Chooses a backend index for every step (steps in topological order).
+/// `outputs` are the values the caller gets back: bringing them to the host
+/// is part of a step's cost.
 pub(crate) fn place(
     steps: &[Step],
     producer: &[usize],
+    outputs: &[ValueId],
     backends: &[Arc<dyn Backend>],
     requested: Device,
 ) -> Result<Vec<usize>> {
@@ -59,16 +62,8 @@ pub(crate) fn place(
             continue;
         }
         device[i] = match &costs {
-            Some(costs) => cheapest(
-                step,
-                &step.kernel,
-                &device,
-                producer,
-                steps,
-                costs,
-                backends,
-            )
-            .ok_or_else(|| unsupported(default, "no backend supports it".into()))?,
+            Some(costs) => cheapest(step, &device, producer, steps, outputs, costs, backends)
+                .ok_or_else(|| unsupported(default, "no backend supports it".into()))?,
             None => match supported(default) {
                 Ok(()) => default,
                 Err(reason) => (0..backends.len())
@@ -98,19 +93,25 @@ pub(crate) fn place(
 /// The supporting backend with the least compute plus transfer time.
 fn cheapest(
     step: &Step,
-    kernel: &Kernel,
     device: &[usize],
     producer: &[usize],
     steps: &[Step],
+    outputs: &[ValueId],
     costs: &[Calibration],
     backends: &[Arc<dyn Backend>],
 ) -> Option<usize> {
+    let kernel = &step.kernel;
     let mut best: Option<(f64, usize)> = None;
     for (d, cost) in costs.iter().enumerate() {
         if backends[d].supports(kernel).is_err() {
             continue;
         }
         let mut t = cost.step_seconds(kernel);
+        for (v, ty) in step.outputs.iter().zip(&kernel.outputs) {
+            if outputs.contains(v) {
+                t += cost.transfer_seconds(ty.bytes());
+            }
+        }
         for (v, ty) in step.inputs.iter().zip(&kernel.inputs) {
             let p = producer[v.0];
             if steps[p].kernel.op.is_source() {

@@ -339,7 +339,7 @@ pub(crate) fn finish(
         {
             // 5. Place each step, then move values across device edges.
             let producer = schedule::producers(&steps, types.len());
-            let devices = placement::place(&steps, &producer, &backends, options.device)?;
+            let devices = placement::place(&steps, &producer, &outputs, &backends, options.device)?;
             for (step, d) in steps.iter_mut().zip(devices) {
                 step.device = d;
             }
