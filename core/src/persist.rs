@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::backend::{Backend, Kernel};
 use crate::exec::RunStats;
+use crate::passes::Ir;
+use crate::passes::dce::eliminate_dead_code;
 use crate::plan::{CompileOptions, FeedSlot, Lowered, Plan, Step, ValueId, finish};
 use crate::timeline::Recorder;
 use crate::{Op, Result, Value};
@@ -95,15 +97,13 @@ pub(crate) fn compile(
         }
     }
     // Keep only what the requested outputs still need.
-    let mut needed: HashSet<ValueId> = lowered.outputs.iter().copied().collect();
-    let mut pruned: Vec<Step> = Vec::with_capacity(steps.len());
-    for step in steps.into_iter().rev() {
-        if step.outputs.iter().any(|v| needed.contains(v)) {
-            needed.extend(step.inputs.iter().copied());
-            pruned.push(step);
-        }
-    }
-    pruned.reverse();
+    let mut ir = Ir {
+        steps,
+        types: lowered.types.clone(),
+        outputs: lowered.outputs.clone(),
+    };
+    eliminate_dead_code(&mut ir);
+    let pruned = ir.steps;
     feeds.extend(
         lowered
             .feeds

@@ -6,9 +6,11 @@ use std::panic::Location;
 use std::sync::Arc;
 
 use petgraph::algo::toposort;
+use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::{Dfs, NodeFiltered, NodeIndexable, Reversed};
 
 use crate::backend::{Backend, Kernel};
+use crate::graph::GraphInner;
 use crate::liveness::{self, MemoryPlan};
 use crate::passes::{self, PassOptions};
 use crate::persist;
@@ -227,51 +229,12 @@ impl Graph {
             .map_err(|c| Error::Internal(format!("cycle at node {}", c.node_id().index())))?;
 
         // 3. Lower each node to a step with value bindings.
-        let mut first_value = vec![usize::MAX; g.dag.node_bound()];
-        let mut types: Vec<TensorType> = Vec::new();
-        let mut steps = Vec::with_capacity(order.len());
-        let mut feeds = Vec::new();
-        let mut persisted = Vec::new();
-        for index in order {
-            let node = g.node(index)?;
-            let base = types.len();
-            first_value[index.index()] = base;
-            types.extend(node.outputs.iter().cloned());
-            let inputs: Vec<ValueId> = node
-                .inputs
-                .iter()
-                .map(|p| ValueId(first_value[p.node.0.index()] + p.output))
-                .collect();
-            if node.persist {
-                persisted.extend((base..base + node.outputs.len()).map(ValueId));
-            }
-            if let Op::Input { name } = &node.op {
-                feeds.push(FeedSlot {
-                    name: name.clone(),
-                    value: ValueId(base),
-                    ty: node.outputs[0].clone(),
-                });
-            }
-            steps.push(Step {
-                name: node.name.clone(),
-                node: NodeId(index),
-                location: node.location,
-                kernel: Kernel {
-                    op: node.op.clone(),
-                    inputs: inputs.iter().map(|v| types[v.0].clone()).collect(),
-                    outputs: node.outputs.clone(),
-                },
-                inputs,
-                outputs: (base..base + node.outputs.len()).map(ValueId).collect(),
-                free_after: Vec::new(),
-                device: 0,
-                pin: node.pin,
-            });
-        }
-        let outputs: Vec<ValueId> = outputs
-            .iter()
-            .map(|t| ValueId(first_value[t.port.node.0.index()] + t.port.output))
-            .collect();
+        let Lowering {
+            ir,
+            feeds,
+            persisted,
+        } = lower(&g, order, outputs)?;
+        let (steps, types, outputs) = (ir.steps, ir.types, ir.outputs);
         let mut graph_inputs: Vec<String> = g.inputs.keys().cloned().collect();
         graph_inputs.sort();
         drop(g);
@@ -310,6 +273,79 @@ impl Graph {
             persist::compile(lowered, persisted, backends, options)
         }
     }
+}
+
+/// The graph's nodes in a given order, as steps with value bindings.
+pub(crate) struct Lowering {
+    /// The steps, their value types and the requested outputs.
+    pub(crate) ir: passes::Ir,
+    /// The inputs among them.
+    pub(crate) feeds: Vec<FeedSlot>,
+    /// Values of nodes marked persistent.
+    pub(crate) persisted: Vec<ValueId>,
+}
+
+/// Lowers the nodes in `order` (topological, ancestors of `outputs`
+/// included) to one step each.
+pub(crate) fn lower(
+    g: &GraphInner,
+    order: Vec<NodeIndex>,
+    outputs: &[&Tensor],
+) -> Result<Lowering> {
+    let mut first_value = vec![usize::MAX; g.dag.node_bound()];
+    let mut types: Vec<TensorType> = Vec::new();
+    let mut steps = Vec::with_capacity(order.len());
+    let mut feeds = Vec::new();
+    let mut persisted = Vec::new();
+    for index in order {
+        let node = g.node(index)?;
+        let base = types.len();
+        first_value[index.index()] = base;
+        types.extend(node.outputs.iter().cloned());
+        let inputs: Vec<ValueId> = node
+            .inputs
+            .iter()
+            .map(|p| ValueId(first_value[p.node.0.index()] + p.output))
+            .collect();
+        if node.persist {
+            persisted.extend((base..base + node.outputs.len()).map(ValueId));
+        }
+        if let Op::Input { name } = &node.op {
+            feeds.push(FeedSlot {
+                name: name.clone(),
+                value: ValueId(base),
+                ty: node.outputs[0].clone(),
+            });
+        }
+        steps.push(Step {
+            name: node.name.clone(),
+            node: NodeId(index),
+            location: node.location,
+            kernel: Kernel {
+                op: node.op.clone(),
+                inputs: inputs.iter().map(|v| types[v.0].clone()).collect(),
+                outputs: node.outputs.clone(),
+            },
+            inputs,
+            outputs: (base..base + node.outputs.len()).map(ValueId).collect(),
+            free_after: Vec::new(),
+            device: 0,
+            pin: node.pin,
+        });
+    }
+    let outputs = outputs
+        .iter()
+        .map(|t| ValueId(first_value[t.port.node.0.index()] + t.port.output))
+        .collect();
+    Ok(Lowering {
+        ir: passes::Ir {
+            steps,
+            types,
+            outputs,
+        },
+        feeds,
+        persisted,
+    })
 }
 
 /// A graph lowered to steps and rewritten, before placement.

@@ -139,55 +139,17 @@ pub(crate) mod testing {
     //! so each pass can be tested alone without a backend.
 
     use petgraph::algo::toposort;
-    use petgraph::visit::NodeIndexable;
 
     use super::Ir;
-    use crate::backend::Kernel;
-    use crate::plan::{Step, ValueId};
-    use crate::{Graph, NodeId, Op, Tensor};
+    use crate::{Graph, Op, Tensor};
 
     /// Every node of `g` as a step, in a topological order.
     pub(crate) fn lower(g: &Graph, outputs: &[&Tensor]) -> Ir {
         let inner = g.lock();
         let order = toposort(&inner.dag, None).expect("graphs are acyclic");
-        let mut first = vec![usize::MAX; inner.dag.node_bound()];
-        let mut types = Vec::new();
-        let mut steps = Vec::new();
-        for index in order {
-            let node = &inner.dag[index];
-            let base = types.len();
-            first[index.index()] = base;
-            types.extend(node.outputs.iter().cloned());
-            let inputs: Vec<ValueId> = node
-                .inputs
-                .iter()
-                .map(|p| ValueId(first[p.node.0.index()] + p.output))
-                .collect();
-            steps.push(Step {
-                name: node.name.clone(),
-                node: NodeId(index),
-                location: node.location,
-                kernel: Kernel {
-                    op: node.op.clone(),
-                    inputs: inputs.iter().map(|v| types[v.0].clone()).collect(),
-                    outputs: node.outputs.clone(),
-                },
-                inputs,
-                outputs: (base..base + node.outputs.len()).map(ValueId).collect(),
-                free_after: Vec::new(),
-                device: 0,
-                pin: node.pin,
-            });
-        }
-        let outputs = outputs
-            .iter()
-            .map(|t| ValueId(first[t.port.node.0.index()] + t.port.output))
-            .collect();
-        Ir {
-            steps,
-            types,
-            outputs,
-        }
+        crate::plan::lower(&inner, order, outputs)
+            .expect("lowers")
+            .ir
     }
 
     /// How many steps run `name` (an [`Op::name`]).
