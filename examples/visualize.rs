@@ -43,7 +43,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let c = g.input("c", DType::F32, shape)?;
         let d = g.input("d", DType::F32, shape)?;
         let sum = g.scope("add", |g| g.scope("add", |_| a.add(&b)))?;
-        let diff = g.scope("subtract", |_| c.sub(&d))?;
+        // With a GPU present, the subtract branch is pinned there, so the
+        // plan shows two devices and the transfers between them.
+        let gpu = options.backends.iter().any(|b| b.device() == Device::Gpu);
+        let here = if gpu { Device::Gpu } else { Device::Auto };
+        let diff = g.scope("subtract", |g| g.on_device(here, |_| c.sub(&d)?.abs()))?;
         g.scope("multiply", |_| sum.mul(&c)?.mul(&diff))
     })?;
     let plan = g.compile(&[&out], &options)?;

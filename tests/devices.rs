@@ -65,7 +65,19 @@ fn pinned_branches_run_where_pinned_with_one_transfer_per_value_and_device() {
     assert_eq!(transfers[0].inputs.len() + transfers[1].inputs.len(), 3);
 
     let xv = common::rand_f32(1, &[65, 33], -2.0, 2.0);
-    let out = plan.run(&[("x", Value::from(xv.clone()))]).expect("run");
+    let (out, stats) = plan
+        .run_with_stats(&[("x", Value::from(xv.clone()))])
+        .expect("run");
+    // Memory per device as planned, transfers included: each device's
+    // values are freed on that device.
+    let planned: Vec<usize> = plan.planned_memory().iter().map(|m| m.peak_bytes).collect();
+    assert_eq!(stats.peak_bytes, planned, "per-device peaks");
+    let allocations: Vec<usize> = plan
+        .planned_memory()
+        .iter()
+        .map(|m| m.allocations)
+        .collect();
+    assert_eq!(stats.allocations, allocations, "per-device allocations");
     let hv = xv.mapv(|v| v.max(0.0));
     let want: ArrayD<f32> = hv.mapv(f32::exp) + &hv * &hv;
     common::assert_close(

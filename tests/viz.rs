@@ -2,6 +2,8 @@
 //! scopes become nested clusters, and the timeline holds one slice per
 //! executed step with non-overlapping times within a track.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
@@ -176,4 +178,32 @@ fn timeline_has_one_slice_per_step_without_overlap_per_track() {
         "steps + one download"
     );
     assert!(json.starts_with("{\"traceEvents\":["));
+}
+
+#[test]
+fn plan_dot_draws_transfers_as_edges_and_fused_kernels_as_clusters() {
+    // Needs both devices; `devices()` fails under TENSORGRAPH_REQUIRE_GPU=1.
+    if !common::devices().contains(&Device::Gpu) {
+        return;
+    }
+    let options = tensorgraph::options(Device::Gpu).expect("gpu");
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [16]).expect("x");
+    let y = g.on_device(Device::Gpu, |_| {
+        x.exp().and_then(|t| t.sin()).expect("gpu ops")
+    });
+    let z = y.abs().expect("abs").on(Device::Cpu);
+    let plan = g.compile(&[&z], &options).expect("compile");
+    let dot = plan.to_dot();
+    assert!(dot.contains("transfer gpu -> cpu"), "{dot}");
+    assert!(dot.contains("style=dashed, color=red"), "{dot}");
+    assert!(
+        dot.contains("cluster_fused_"),
+        "exp+sin fuse on the GPU:\n{dot}"
+    );
+    assert!(
+        !dot.contains("transfer on"),
+        "transfers are edges, not nodes:\n{dot}"
+    );
+    graphviz_parse(&dot);
 }

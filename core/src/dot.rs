@@ -243,7 +243,31 @@ impl Plan {
                 device_color(backend.device())
             );
         }
+        // A transfer is drawn as a dashed edge from the value's producer
+        // on the source device to its reader, not as a node.
+        let edge = |out: &mut String, v: ValueId, to: &str| {
+            let Some(p) = self.producer[v.0] else { return };
+            let step = &self.steps[p];
+            let transfer = match (&step.kernel.op, step.outputs.iter().position(|&o| o == v)) {
+                (crate::Op::Transfer { from, to }, Some(k)) => Some((*from, *to, step.inputs[k])),
+                _ => None,
+            };
+            let line = match transfer.and_then(|(f, t, u)| Some((f, t, self.producer[u.0]?))) {
+                Some((from, dst, q)) => format!(
+                    "s{q} -> {to} [label={}, fontsize=9, style=dashed, color=red, fontcolor=red];",
+                    quote(&format!("transfer {from} -> {dst}\n{}", value_label(v)))
+                ),
+                None => format!(
+                    "s{p} -> {to} [label={}, fontsize=9];",
+                    quote(&value_label(v))
+                ),
+            };
+            let _ = writeln!(out, "  {line}");
+        };
         for (i, s) in self.steps.iter().enumerate() {
+            if matches!(s.kernel.op, crate::Op::Transfer { .. }) {
+                continue;
+            }
             let device = self.backends[s.device].device();
             let node = format!(
                 "s{i} [label={}, fillcolor={}];",
@@ -268,13 +292,7 @@ impl Plan {
                 let _ = writeln!(out, "  {node}");
             }
             for &v in &s.inputs {
-                if let Some(p) = self.producer[v.0] {
-                    let _ = writeln!(
-                        out,
-                        "  s{p} -> s{i} [label={}, fontsize=9];",
-                        quote(&value_label(v))
-                    );
-                }
+                edge(&mut out, v, &format!("s{i}"));
             }
         }
         for (k, &v) in self.outputs.iter().enumerate() {
@@ -283,13 +301,7 @@ impl Plan {
                 "  out{k} [label={}, shape=house, fillcolor=white];",
                 quote(&format!("output {k}"))
             );
-            if let Some(p) = self.producer[v.0] {
-                let _ = writeln!(
-                    out,
-                    "  s{p} -> out{k} [label={}, fontsize=9];",
-                    quote(&value_label(v))
-                );
-            }
+            edge(&mut out, v, &format!("out{k}"));
         }
         out.push_str("}\n");
         out

@@ -42,17 +42,21 @@ pub struct MemoryPlan {
 pub fn plan_memory(steps: &[Step], types: &[TensorType], devices: usize) -> Vec<MemoryPlan> {
     let mut plans = vec![MemoryPlan::default(); devices];
     let mut live = vec![0usize; devices];
+    // A value lives on the device of the step that made it, which is not
+    // the freeing step's device when a transfer read it last.
+    let mut home = vec![0usize; types.len()];
     for step in steps {
         let d = step.device;
         for &v in &step.outputs {
             let bytes = types[v.0].bytes();
+            home[v.0] = d;
             live[d] += bytes;
             plans[d].total_bytes += bytes;
             plans[d].allocations += 1;
         }
         plans[d].peak_bytes = plans[d].peak_bytes.max(live[d]);
         for &v in &step.free_after {
-            live[d] -= types[v.0].bytes();
+            live[home[v.0]] -= types[v.0].bytes();
         }
     }
     plans
