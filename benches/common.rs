@@ -1,4 +1,6 @@
 //! Shared bench helpers: the devices present and seeded inputs.
+// Each bench binary uses a part of these helpers.
+#![allow(dead_code)]
 
 use ndarray::{Array, ArrayD, IxDyn};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -21,6 +23,18 @@ pub fn devices() -> Vec<(Device, String)> {
             },
         )
         .collect()
+}
+
+/// Whether the GPU here is a software rasteriser (Mesa's llvmpipe /
+/// lavapipe, SwiftShader): correct, but its timings say nothing about GPUs,
+/// so the largest GPU cases are skipped on it to keep bench runs short.
+pub fn software_gpu() -> bool {
+    tensorgraph::gpu_backend().is_ok_and(|b| {
+        let name = b.name().to_ascii_lowercase();
+        ["llvmpipe", "lavapipe", "swiftshader"]
+            .iter()
+            .any(|s| name.contains(s))
+    })
 }
 
 /// A seeded uniform array in [-1, 1).

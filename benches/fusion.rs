@@ -46,10 +46,15 @@ fn fusion(c: &mut Criterion) {
     let cc = x.mapv(|v| v * 0.5);
     let mut a = ArrayD::<f32>::zeros(IxDyn(&[N]));
 
-    group.bench_function("ndarray-op-by-op", |bench| bench.iter(|| black_box(chain_ndarray(&x))));
+    group.bench_function("ndarray-op-by-op", |bench| {
+        bench.iter(|| black_box(chain_ndarray(&x)))
+    });
     group.bench_function("stream-triad-reused-output", |bench| {
         bench.iter(|| {
-            Zip::from(&mut a).and(&b).and(&cc).par_for_each(|a, &b, &c| *a = b + 3.0 * c);
+            Zip::from(&mut a)
+                .and(&b)
+                .and(&cc)
+                .par_for_each(|a, &b, &c| *a = b + 3.0 * c);
             black_box(&a);
         })
     });
@@ -57,7 +62,10 @@ fn fusion(c: &mut Criterion) {
         bench.iter(|| black_box(Zip::from(&b).and(&cc).par_map_collect(|&b, &c| b + 3.0 * c)))
     });
     let feeds = [("x", Value::from(x.clone()))];
-    for (label, fused) in [("tensorgraph-cpu-fused", true), ("tensorgraph-cpu-unfused", false)] {
+    for (label, fused) in [
+        ("tensorgraph-cpu-fused", true),
+        ("tensorgraph-cpu-unfused", false),
+    ] {
         let g = Graph::new();
         let out = chain(&g);
         let mut options = tensorgraph::options(Device::Cpu).expect("cpu");
