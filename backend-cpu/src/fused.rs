@@ -314,6 +314,11 @@ impl<'a> Program<'a> {
     /// Runs the program over the whole output.
     fn run<R: Lane>(&self) -> KResult<ArrayD<R>> {
         let n: usize = self.dims.iter().product();
+        // `vec![0; n]` is one `calloc`: a large output comes as fresh,
+        // lazily zeroed pages, so no thread zeroes it up front and each
+        // page is faulted in by the rayon worker that first writes it.
+        // Those faults (the kernel clearing each page) are most of the
+        // remaining cost of a large fused kernel; see `fused_throughput`.
         let mut out = vec![R::default(); n];
         if n >= PAR_THRESHOLD {
             let threads = rayon::current_num_threads().max(1);
