@@ -66,6 +66,15 @@ pub trait Backend: Send + Sync {
     /// [`Step::free_after`] buffers right after it (see [`release_after`]).
     fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()>;
 
+    /// Whether the backend can write `kernel`'s result into the buffer of
+    /// an operand that dies at it (see [`Step::in_place`]). The planner
+    /// marks such steps only where this says yes; the backend must then do
+    /// exactly that, through [`take_in_place`].
+    fn supports_in_place(&self, kernel: &Kernel) -> bool {
+        let _ = kernel;
+        false
+    }
+
     /// Waits until all submitted work has finished.
     fn synchronize(&self) -> Result<()>;
 
@@ -232,6 +241,33 @@ impl<'a> Env<'a> {
             .filter(|&v| self.slots[v.0].load(Ordering::Acquire) != EMPTY)
             .collect()
     }
+}
+
+/// For a step planned in place: removes the donor operand's buffer from
+/// the run's table (so it is not freed after the step) and returns it; the
+/// backend writes the result into it and stores it as the step's output.
+/// `None` when the step is not in place.
+pub fn take_in_place(step: &Step, env: &Env<'_>) -> Result<Option<BufferId>> {
+    let Some(k) = step.in_place else {
+        return Ok(None);
+    };
+    let (donor, out) = match (step.inputs.get(k), step.outputs.first()) {
+        (Some(&d), Some(&o)) => (d, o),
+        _ => {
+            return Err(Error::Internal(format!(
+                "step `{}` in place without operands",
+                step.name
+            )));
+        }
+    };
+    let buffer = env.take(donor).ok_or_else(|| {
+        Error::Internal(format!(
+            "in-place donor {donor} of `{}` has no buffer",
+            step.name
+        ))
+    })?;
+    tracing::debug!(target: "tensorgraph", "reuse {donor} in place for {out} at {}", step.name);
+    Ok(Some(buffer))
 }
 
 /// Emits the `run` trace event of a step; backends call it as each starts.

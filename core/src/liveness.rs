@@ -3,6 +3,7 @@
 
 use crate::TensorType;
 use crate::plan::{Step, ValueId};
+use crate::schedule::Task;
 
 /// For each step, the values to free right after it: every value whose
 /// last reader (or, if nothing reads it, whose producer) is that step.
@@ -47,19 +48,78 @@ pub fn plan_memory(steps: &[Step], types: &[TensorType], devices: usize) -> Vec<
     let mut home = vec![0usize; types.len()];
     for step in steps {
         let d = step.device;
+        // An in-place result takes over its donor's buffer: no new bytes,
+        // and the donor's bytes are not released.
+        let donor = step.in_place.map(|k| step.inputs[k]);
         for &v in &step.outputs {
             let bytes = types[v.0].bytes();
             home[v.0] = d;
-            live[d] += bytes;
             plans[d].total_bytes += bytes;
-            plans[d].allocations += 1;
+            if donor.is_none() {
+                live[d] += bytes;
+                plans[d].allocations += 1;
+            }
         }
         plans[d].peak_bytes = plans[d].peak_bytes.max(live[d]);
         for &v in &step.free_after {
-            live[home[v.0]] -= types[v.0].bytes();
+            if Some(v) != donor {
+                live[home[v.0]] -= types[v.0].bytes();
+            }
         }
     }
     plans
+}
+
+/// Marks steps that may write their result into an operand's buffer
+/// (`can` says whether the step's backend does this for its kernel). The
+/// operand must have the result's exact type, be read once by the step,
+/// end its life there (by the static free lists), not be requested or be
+/// a host value the caller or a constant owns, and have every one of its
+/// readers in the step's own task, so no concurrently running task can
+/// still need it.
+pub fn plan_in_place(
+    steps: &mut [Step],
+    tasks: &[Task],
+    types: &[TensorType],
+    keep: &[ValueId],
+    can: impl Fn(&Step) -> bool,
+) {
+    let mut task_of = vec![0usize; steps.len()];
+    for (t, task) in tasks.iter().enumerate() {
+        for i in task.steps.clone() {
+            task_of[i] = t;
+        }
+    }
+    let mut producer = vec![usize::MAX; types.len()];
+    let mut reader_tasks: Vec<Vec<usize>> = vec![Vec::new(); types.len()];
+    for (i, step) in steps.iter().enumerate() {
+        for v in &step.outputs {
+            producer[v.0] = i;
+        }
+        for v in &step.inputs {
+            if !reader_tasks[v.0].contains(&task_of[i]) {
+                reader_tasks[v.0].push(task_of[i]);
+            }
+        }
+    }
+    for i in 0..steps.len() {
+        let step = &steps[i];
+        let [out] = step.outputs[..] else { continue };
+        if !can(step) {
+            continue;
+        }
+        let donor = step.inputs.iter().position(|&v| {
+            let p = producer[v.0];
+            types[v.0] == types[out.0]
+                && step.inputs.iter().filter(|&&u| u == v).count() == 1
+                && step.free_after.contains(&v)
+                && !keep.contains(&v)
+                && p != usize::MAX
+                && !steps[p].kernel.op.is_source()
+                && reader_tasks[v.0] == [task_of[i]]
+        });
+        steps[i].in_place = donor;
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +144,7 @@ mod tests {
             free_after: Vec::new(),
             device: 0,
             pin: None,
+            in_place: None,
         }
     }
 

@@ -187,6 +187,7 @@ pub(crate) fn insert_transfers(
                 free_after: Vec::new(),
                 device: step.device,
                 pin: None,
+                in_place: None,
             });
             count += 1;
         }

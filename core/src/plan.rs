@@ -48,6 +48,10 @@ pub struct Step {
     pub device: usize,
     /// The device the user pinned the node to, if any.
     pub pin: Option<Device>,
+    /// Set when the step writes its (single) result into the buffer of
+    /// operand `k`, whose life ends at this step: the backend takes that
+    /// buffer over instead of allocating (see `backend::take_in_place`).
+    pub in_place: Option<usize>,
 }
 
 impl Step {
@@ -331,6 +335,7 @@ pub(crate) fn lower(
             free_after: Vec::new(),
             device: 0,
             pin: node.pin,
+            in_place: None,
         });
     }
     let outputs = outputs
@@ -371,51 +376,52 @@ pub(crate) fn finish(
         feeds,
         graph_inputs,
     } = lowered;
-    {
-        {
-            // 5. Place each step, then move values across device edges.
-            let producer = schedule::producers(&steps, types.len());
-            let devices = placement::place(&steps, &producer, &outputs, &backends, options.device)?;
-            for (step, d) in steps.iter_mut().zip(devices) {
-                step.device = d;
-            }
-            let (steps, types) = placement::insert_transfers(steps, types, &backends);
 
-            // 6. Schedule: longest remaining path first, cut into tasks.
-            let (mut steps, levels) = schedule::order(steps, types.len(), rough_seconds);
+    // 5. Place each step, then move values across device edges.
+    let producer = schedule::producers(&steps, types.len());
+    let devices = placement::place(&steps, &producer, &outputs, &backends, options.device)?;
+    for (step, d) in steps.iter_mut().zip(devices) {
+        step.device = d;
+    }
+    let (steps, types) = placement::insert_transfers(steps, types, &backends);
 
-            // 7. Liveness: free each value right after its last use.
-            let frees = liveness::free_lists(&steps, types.len(), &outputs);
-            for (step, frees) in steps.iter_mut().zip(frees) {
-                step.free_after = frees;
+    // 6. Schedule: longest remaining path first, cut into tasks.
+    let (mut steps, levels) = schedule::order(steps, types.len(), rough_seconds);
+    let tasks = schedule::tasks(&steps, &levels, types.len());
+
+    // 7. Liveness: free each value right after its last use; write results
+    // into operands that die there where the backend can; plan memory.
+    let frees = liveness::free_lists(&steps, types.len(), &outputs);
+    for (step, frees) in steps.iter_mut().zip(frees) {
+        step.free_after = frees;
+    }
+    liveness::plan_in_place(&mut steps, &tasks, &types, &outputs, |s| {
+        backends[s.device].supports_in_place(&s.kernel)
+    });
+    let memory = liveness::plan_memory(&steps, &types, backends.len());
+    let mut producer = vec![None; types.len()];
+    let mut readers = vec![0u32; types.len()];
+    for (i, step) in steps.iter().enumerate() {
+        for v in &step.outputs {
+            producer[v.0] = Some(i);
+        }
+        for (k, v) in step.inputs.iter().enumerate() {
+            if !step.inputs[..k].contains(v) {
+                readers[v.0] += 1;
             }
-            let memory = liveness::plan_memory(&steps, &types, backends.len());
-            let tasks = schedule::tasks(&steps, &levels, types.len());
-            let mut producer = vec![None; types.len()];
-            let mut readers = vec![0u32; types.len()];
-            for (i, step) in steps.iter().enumerate() {
-                for v in &step.outputs {
-                    producer[v.0] = Some(i);
-                }
-                for (k, v) in step.inputs.iter().enumerate() {
-                    if !step.inputs[..k].contains(v) {
-                        readers[v.0] += 1;
-                    }
-                }
-            }
-            Ok(Plan {
-                steps,
-                types,
-                outputs,
-                feeds,
-                graph_inputs,
-                backends,
-                tasks,
-                producer,
-                readers,
-                memory,
-                persist: None,
-            })
         }
     }
+    Ok(Plan {
+        steps,
+        types,
+        outputs,
+        feeds,
+        graph_inputs,
+        backends,
+        tasks,
+        producer,
+        readers,
+        memory,
+        persist: None,
+    })
 }

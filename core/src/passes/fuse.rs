@@ -226,6 +226,7 @@ fn build(t: &Tables<'_>, members: &[usize], instr_of: &mut [usize]) -> (Step, bo
         free_after: Vec::new(),
         device: root.device,
         pin: root.pin,
+        in_place: None,
     };
     (step, literals)
 }
