@@ -1,0 +1,143 @@
+//! The memory planner: on an MLP, a residual chain and a chain of
+//! diamonds, the planned peak bytes and allocation count per device equal
+//! what a run measures, the peak is at most half of keeping every value,
+//! and results match plain ndarray.
+
+mod common;
+
+use common::*;
+use ndarray::{ArrayD, Ix2};
+use tensorgraph::{DType, Device, Graph, Plan, Tensor, Value};
+
+/// Runs `plan`, checks measured memory against the plan, returns outputs.
+#[track_caller]
+fn run_checked(d: Device, plan: &Plan, feeds: &[(&str, Value)], what: &str) -> Vec<Value> {
+    let (out, stats) = plan.run_with_stats(feeds).expect("run");
+    let peaks: Vec<usize> = plan.planned_memory().iter().map(|m| m.peak_bytes).collect();
+    let allocations: Vec<usize> = plan
+        .planned_memory()
+        .iter()
+        .map(|m| m.allocations)
+        .collect();
+    assert_eq!(
+        stats.peak_bytes, peaks,
+        "{d} {what}: measured peak bytes per device"
+    );
+    assert_eq!(
+        stats.allocations, allocations,
+        "{d} {what}: measured allocations per device"
+    );
+    let total: usize = plan.planned_memory().iter().map(|m| m.total_bytes).sum();
+    let peak: usize = peaks.iter().sum();
+    assert!(
+        2 * peak <= total,
+        "{d} {what}: peak {peak} B is more than half of keeping every value ({total} B)"
+    );
+    out
+}
+
+fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> ArrayD<f32> {
+    let a = a.view().into_dimensionality::<Ix2>().expect("2-D");
+    let b = b.view().into_dimensionality::<Ix2>().expect("2-D");
+    a.dot(&b).into_dyn()
+}
+
+#[test]
+fn mlp() {
+    on_every_device(|d| {
+        let (n, k) = (256, 64);
+        let g = Graph::new();
+        let x = g.input("x", DType::F32, [n, k]).expect("x");
+        let ws: Vec<ArrayD<f32>> = (0..3)
+            .map(|i| rand_f32(20 + i, &[k, k], -0.2, 0.2))
+            .collect();
+        let bs: Vec<ArrayD<f32>> = (0..3).map(|i| rand_f32(30 + i, &[k], -0.1, 0.1)).collect();
+        let mut h: Tensor = x.clone();
+        for (w, b) in ws.iter().zip(&bs) {
+            h = h
+                .matmul(&g.constant(w.clone()))
+                .and_then(|t| t.add(&g.constant(b.clone())))
+                .and_then(|t| t.relu())
+                .expect("layer");
+        }
+        let y = h.softmax(-1).expect("softmax");
+        let Some(plan) = compile_on(d, &g, &[&y]) else {
+            return;
+        };
+        let xv = rand_f32(7, &[n, k], -1.0, 1.0);
+        let out = run_checked(d, &plan, &[("x", Value::from(xv.clone()))], "mlp");
+        let mut want = xv;
+        for (w, b) in ws.iter().zip(&bs) {
+            want = (dot(&want, w) + b).mapv(|v| v.max(0.0));
+        }
+        let m = want.map_axis(ndarray::Axis(1), |r| r.fold(f32::MIN, |a, &b| a.max(b)));
+        let e = (&want - &m.insert_axis(ndarray::Axis(1))).mapv(f32::exp);
+        let s = e.sum_axis(ndarray::Axis(1)).insert_axis(ndarray::Axis(1));
+        assert_close(&f32_of(out[0].clone()), &(&e / &s), 1e-4, 1e-6, "mlp");
+    });
+}
+
+#[test]
+fn residual_chain() {
+    on_every_device(|d| {
+        let (n, k, blocks) = (512, 32, 8);
+        let g = Graph::new();
+        let x = g.input("x", DType::F32, [n, k]).expect("x");
+        let w = rand_f32(40, &[k, k], -0.1, 0.1);
+        let wt = g.constant(w.clone());
+        let mut h = x.clone();
+        for _ in 0..blocks {
+            let r = h.matmul(&wt).and_then(|t| t.tanh()).expect("block");
+            h = h.add(&r).expect("residual");
+        }
+        let Some(plan) = compile_on(d, &g, &[&h]) else {
+            return;
+        };
+        let xv = rand_f32(8, &[n, k], -1.0, 1.0);
+        let out = run_checked(d, &plan, &[("x", Value::from(xv.clone()))], "residual");
+        let mut want = xv;
+        for _ in 0..blocks {
+            want = &want + &dot(&want, &w).mapv(f32::tanh);
+        }
+        assert_close(&f32_of(out[0].clone()), &want, 1e-4, 1e-5, "residual");
+    });
+}
+
+#[test]
+fn chain_of_diamonds() {
+    on_every_device(|d| {
+        let n = 100_000;
+        let g = Graph::new();
+        let x = g.input("x", DType::F32, [n]).expect("x");
+        let mut t = x.clone();
+        for _ in 0..6 {
+            // Two branches that meet again; a reduction keeps fusion from
+            // swallowing the whole chain.
+            let a = t.exp().expect("exp");
+            let b = t.sin().expect("sin");
+            let m = t.mean(&[], true).expect("mean");
+            t = a
+                .mul(&b)
+                .and_then(|p| p.sub(&m))
+                .and_then(|p| p.tanh())
+                .expect("diamond");
+        }
+        let Some(plan) = compile_on(d, &g, &[&t]) else {
+            return;
+        };
+        let xv = rand_f32(9, &[n], -1.0, 1.0);
+        let out = run_checked(d, &plan, &[("x", Value::from(xv.clone()))], "diamonds");
+        let mut want = xv.mapv(f64::from);
+        for _ in 0..6 {
+            let m = want.mean().expect("mean");
+            want = want.mapv(|v| (v.exp() * v.sin() - m).tanh());
+        }
+        assert_close(
+            &f32_of(out[0].clone()),
+            &want.mapv(|v| v as f32),
+            1e-4,
+            1e-5,
+            "diamonds",
+        );
+    });
+}
