@@ -7,15 +7,21 @@
 //! result in a scratch register; the last instruction writes straight into
 //! the output. Dispatch on the op happens once per instruction per chunk,
 //! never per element. Large outputs split into rayon tasks of many chunks.
+//!
+//! Run in place ([`fused_into`]), the output is the array of an operand:
+//! that operand's chunk is copied into a register where the program reads
+//! it, always before the last step writes the chunk.
 
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use tensorgraph_core::{BinaryOp, DType, FusedExpr, Instr, Scalar, TensorType, UnaryOp, Value};
 
 mod chunk;
+mod donor;
 mod operand;
 
 use self::chunk::{Lane, Out, Src, binary, cast_scalar, fold_binary, fold_unary, map1, unary};
+pub(crate) use self::donor::fused_into;
 use self::operand::{Bound, Operand, bind, gather, standard_copy};
 use crate::element::{KResult, PAR_THRESHOLD};
 
@@ -26,25 +32,36 @@ const MAX_TASK: usize = 64 * 1024;
 
 /// Evaluates `expr` over `inputs` (each broadcasting to `out`'s shape).
 pub(crate) fn fused(expr: &FusedExpr, out: &TensorType, inputs: &[&Value]) -> KResult<Value> {
+    let inputs: Vec<Option<&Value>> = inputs.iter().copied().map(Some).collect();
+    with_program(expr, out, &inputs, |program| match out.dtype {
+        DType::F32 => program.run::<f32>().map(Value::F32),
+        DType::I32 => program.run::<i32>().map(Value::I32),
+    })
+}
+
+/// Binds `inputs` (a `None` is the in-place output, of `out`'s dtype),
+/// compiles `expr` over them and hands the program to `f`.
+fn with_program<T>(
+    expr: &FusedExpr,
+    out: &TensorType,
+    inputs: &[Option<&Value>],
+    f: impl FnOnce(&Program<'_>) -> KResult<T>,
+) -> KResult<T> {
     let dims = out.shape.dims().to_vec();
     // Operands that are neither contiguous nor a single element are read
     // through strides; those with negative or gapped strides are copied to
     // row-major first, so every strided read lands in one plain slice.
-    let copies: Vec<Option<Value>> = inputs.iter().map(|v| standard_copy(v)).collect();
-    let values: Vec<&Value> = inputs
+    let copies: Vec<Option<Value>> = inputs.iter().map(|v| v.and_then(standard_copy)).collect();
+    let operands = inputs
         .iter()
         .zip(&copies)
-        .map(|(v, c)| c.as_ref().unwrap_or(v))
-        .collect();
-    let operands = values
-        .iter()
-        .map(|v| bind(v, &dims))
+        .map(|(v, c)| match (c.as_ref().or(*v), out.dtype) {
+            (Some(v), _) => bind(v, &dims),
+            (None, DType::F32) => Ok(Bound::F32(Operand::Output)),
+            (None, DType::I32) => Ok(Bound::I32(Operand::Output)),
+        })
         .collect::<KResult<Vec<_>>>()?;
-    let program = Program::compile(expr, operands, dims)?;
-    match out.dtype {
-        DType::F32 => program.run::<f32>().map(Value::F32),
-        DType::I32 => program.run::<i32>().map(Value::I32),
-    }
+    f(&Program::compile(expr, operands, dims)?)
 }
 
 /// Where an instruction's result is, inside one chunk.
@@ -76,6 +93,9 @@ enum Exec {
         dtype: DType,
         reg: usize,
     },
+    /// Copies the output chunk (the in-place donor's elements, not yet
+    /// overwritten) into a register.
+    Load { dtype: DType, reg: usize },
     Unary {
         op: UnaryOp,
         dtype: DType,
@@ -233,6 +253,14 @@ impl<'a> Program<'a> {
                         });
                         Loc::Reg(reg)
                     }
+                    Bound::F32(Operand::Output) | Bound::I32(Operand::Output) => {
+                        let reg = match dst {
+                            Dst::Reg(r) => r,
+                            Dst::Out => regs.take(dtype),
+                        };
+                        steps.push(Exec::Load { dtype, reg });
+                        Loc::Reg(reg)
+                    }
                 },
                 Instr::Unary(op, a) => match locs[a] {
                     Loc::Splat(s) => Loc::Splat(fold_unary(op, s)),
@@ -320,6 +348,19 @@ impl<'a> Program<'a> {
         // Those faults (the kernel clearing each page) are most of the
         // remaining cost of a large fused kernel; see `fused_throughput`.
         let mut out = vec![R::default(); n];
+        self.run_into(&mut out)?;
+        ArrayD::from_shape_vec(IxDyn(&self.dims), out).map_err(|e| e.to_string())
+    }
+
+    /// Runs the program over `out`, the whole output, row-major.
+    fn run_into<R: Lane>(&self, out: &mut [R]) -> KResult<()> {
+        let n = out.len();
+        if n != self.dims.iter().product::<usize>() {
+            return Err(format!(
+                "fused kernel: {n} output elements for {:?}",
+                self.dims
+            ));
+        }
         if n >= PAR_THRESHOLD {
             let threads = rayon::current_num_threads().max(1);
             let task = (n / (4 * threads))
@@ -329,9 +370,9 @@ impl<'a> Program<'a> {
                 .enumerate()
                 .try_for_each(|(t, part)| self.run_part(t * task, part, &mut self.scratch()))?;
         } else if n > 0 {
-            self.run_part(0, &mut out, &mut self.scratch())?;
+            self.run_part(0, out, &mut self.scratch())?;
         }
-        ArrayD::from_shape_vec(IxDyn(&self.dims), out).map_err(|e| e.to_string())
+        Ok(())
     }
 
     /// Runs the chunks of `part`, which starts at element `start`.
@@ -363,6 +404,8 @@ impl<'a> Program<'a> {
                     dtype: I32,
                     reg,
                 } => self.gather::<i32>(operand, reg, at, s),
+                Exec::Load { dtype: F32, reg } => Self::load::<f32>(reg, at, s, o),
+                Exec::Load { dtype: I32, reg } => Self::load::<i32>(reg, at, s, o),
                 Exec::Unary {
                     op,
                     dtype: F32,
@@ -493,6 +536,18 @@ impl<'a> Program<'a> {
             f(self.src::<T>(a, at, s)?, self.src::<T>(b, at, s)?, d);
             Ok(())
         })
+    }
+
+    /// Copies the output chunk into register `reg` (before anything
+    /// writes it: only the last step writes the output).
+    fn load<T: Lane>(reg: usize, at: At, s: &mut Scratch, out: &mut Out<'_>) -> KResult<()> {
+        let src = T::out(out).ok_or("fused kernel: output of another dtype")?;
+        let dst = T::regs_mut(s)
+            .get_mut(reg)
+            .and_then(|v| v.get_mut(..at.len))
+            .ok_or("fused kernel: no load register")?;
+        dst.copy_from_slice(src);
+        Ok(())
     }
 
     /// Reads strided operand `k`'s elements of the chunk into register `reg`.

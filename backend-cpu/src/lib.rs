@@ -8,6 +8,9 @@ mod elementwise;
 mod fused;
 #[cfg(test)]
 mod fused_tests;
+mod inplace;
+#[cfg(test)]
+mod inplace_tests;
 mod layout;
 mod matmul;
 mod reduce;
@@ -104,6 +107,10 @@ impl CpuBackend {
                 for &v in &step.outputs {
                     env.set(v, self.store.insert(c.clone(), meter))?;
                 }
+                None
+            }
+            Op::Fused(_) if step.in_place.is_some() => {
+                self.run_in_place(step, env, meter)?;
                 None
             }
             Op::Unary(_)
@@ -293,6 +300,10 @@ impl Backend for CpuBackend {
                 .try_for_each(|step| self.run_step(step, env, segment.meter))
         })?;
         self.own_feeds(segment, env)
+    }
+
+    fn supports_in_place(&self, kernel: &Kernel) -> bool {
+        inplace::supports(kernel)
     }
 
     fn synchronize(&self) -> Result<()> {

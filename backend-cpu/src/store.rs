@@ -20,6 +20,9 @@ enum Data {
     /// The run's feed for this input value; resolved through the run's
     /// [`Env`], which outlives the buffer's use within the run.
     Feed(ValueId),
+    /// Lent to an in-place kernel writing its result into it (see
+    /// [`Store::lend`]); nothing else reads the buffer meanwhile.
+    Lent,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,13 @@ fn missing(buffer: BufferId) -> Error {
     ))
 }
 
+fn lent(buffer: BufferId) -> Error {
+    Error::Internal(format!(
+        "cpu buffer {} is lent to an in-place kernel",
+        buffer.0
+    ))
+}
+
 impl Store {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
         // Every critical section is one map operation, so a panic
@@ -98,6 +108,7 @@ impl Store {
         {
             Data::Owned(v) => return Ok(Held::Owned(v.clone())),
             Data::Feed(v) => *v,
+            Data::Lent => return Err(lent(buffer)),
         };
         Ok(Held::Fed(env.feed(feed)?))
     }
@@ -116,6 +127,7 @@ impl Store {
                 "cpu buffer {} still borrows the feed of {v} outside its run",
                 buffer.0
             ))),
+            Data::Lent => Err(lent(buffer)),
         }
     }
 
@@ -124,7 +136,7 @@ impl Store {
     pub(crate) fn own_feed(&self, buffer: BufferId, env: &Env<'_>) -> Result<()> {
         let v = match self.lock().get(&buffer.0).map(|e| &e.data) {
             Some(Data::Feed(v)) => *v,
-            Some(Data::Owned(_)) | None => return Ok(()),
+            Some(Data::Owned(_) | Data::Lent) | None => return Ok(()),
         };
         let copy = Arc::new(env.feed(v)?.clone());
         if let Some(entry) = self.lock().get_mut(&buffer.0) {
@@ -162,7 +174,36 @@ impl Store {
                 "cpu buffer {} still borrows the feed of {v} outside its run",
                 buffer.0
             ))),
+            Data::Lent => Err(lent(buffer)),
         }
+    }
+
+    /// Takes the value out of an owned buffer for an in-place kernel to
+    /// write into, leaving the entry (and its metered bytes) in place; the
+    /// kernel gives a value back with [`Store::restore`]. Without other
+    /// references the value comes back unshared, so it can be mutated.
+    pub(crate) fn lend(&self, buffer: BufferId) -> Result<Arc<Value>> {
+        let mut map = self.lock();
+        let entry = map.get_mut(&buffer.0).ok_or_else(|| missing(buffer))?;
+        match std::mem::replace(&mut entry.data, Data::Lent) {
+            Data::Owned(v) => Ok(v),
+            other => {
+                entry.data = other;
+                Err(Error::Internal(format!(
+                    "cpu buffer {} is not an owned value; it cannot be written in place",
+                    buffer.0
+                )))
+            }
+        }
+    }
+
+    /// Puts `value` (of the lent value's type) back into a buffer taken
+    /// by [`Store::lend`]. The buffer keeps its id and metered bytes.
+    pub(crate) fn restore(&self, buffer: BufferId, value: Arc<Value>) -> Result<()> {
+        let mut map = self.lock();
+        let entry = map.get_mut(&buffer.0).ok_or_else(|| missing(buffer))?;
+        entry.data = Data::Owned(value);
+        Ok(())
     }
 
     /// Buffers alive now.

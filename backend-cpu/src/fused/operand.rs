@@ -34,6 +34,9 @@ pub(super) enum Operand<'a, T> {
         /// One stride per output axis.
         strides: Vec<usize>,
     },
+    /// The in-place donor: the output's own memory, read a chunk at a
+    /// time into a register before that chunk is written.
+    Output,
 }
 
 /// An operand of either dtype.
