@@ -8,6 +8,11 @@
 //           operands the program reads, in operand order
 //   k       z: array<T> | array<vec4<T>>          read_write storage, the result
 //   k+1     p: Params                              uniform
+// In place (one operand dies here with the result's exact type, and the
+// result takes its buffer over): that operand gets no binding of its own,
+// since WebGPU forbids one buffer bound read-only and writable in one
+// dispatch; the program reads it from z, element i, before the same thread
+// writes element i. Its key ends `in place x<j>`.
 // struct Params {
 //   n: u32,      // threads with work: elements, or vec4s in the flat form
 //   rank: u32,   // axes of the collapsed output (strided form)

@@ -243,6 +243,17 @@ impl Backend for WgpuBackend {
         self.run_segment(segment, env)
     }
 
+    /// Fused kernels whose result has some operand's exact type: the
+    /// generated shader then reads that operand through the output's
+    /// `read_write` binding (see `FusedProgram::in_place`). Other kernels
+    /// read neighbouring or reordered elements, or have fixed bindings.
+    fn supports_in_place(&self, kernel: &Kernel) -> bool {
+        match (&kernel.op, &kernel.outputs[..]) {
+            (Op::Fused(_), [out]) => kernel.inputs.contains(out),
+            _ => false,
+        }
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.gpu
             .device

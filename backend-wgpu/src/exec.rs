@@ -2,7 +2,7 @@
 //! without waiting. Validation and out-of-memory errors of the whole
 //! segment are caught in error scopes and returned as `Err`.
 
-use tensorgraph_core::backend::{Env, Meter, Segment, release_after, trace_run};
+use tensorgraph_core::backend::{Env, Meter, Segment, release_after, take_in_place, trace_run};
 use tensorgraph_core::{Backend, BufferId, Kernel, LayoutOp, Op, Result, Step};
 
 use crate::WgpuBackend;
@@ -89,7 +89,7 @@ impl WgpuBackend {
             });
         }
         let mut rec = Recorder::new(&self.gpu, &self.pipelines);
-        let result = lower(&mut rec, &kernel.op, &xs, &ys).and_then(|()| rec.submit());
+        let result = lower(&mut rec, &kernel.op, &xs, &ys, None).and_then(|()| rec.submit());
         let result = match (result, pollster::block_on(validation.pop())) {
             (Err(m), _) => Err(m),
             (Ok(()), Some(e)) => Err(format!("the GPU rejected the kernel: {e}")),
@@ -104,7 +104,10 @@ impl WgpuBackend {
         result.map(|()| ids).map_err(fail)
     }
 
-    /// Records one step: uploads for sources, dispatches for the rest.
+    /// Records one step: uploads for sources, dispatches for the rest. A
+    /// step planned in place takes its donor operand's buffer over as its
+    /// output: no allocation, and the donor is not freed (the buffer only
+    /// changes owner, of the very same type, so the pool's record holds).
     fn record_step(
         &self,
         rec: &mut Recorder<'_>,
@@ -137,6 +140,27 @@ impl WgpuBackend {
                 ty: slot.ty,
             });
         }
+        // After the operands are bound: the donor leaves the table here.
+        if let Some(id) = take_in_place(step, env)? {
+            let (Some(&out), Some(ty), [_]) =
+                (step.outputs.first(), k.outputs.first(), &step.outputs[..])
+            else {
+                return Err(fail("in place with other than one output".into()));
+            };
+            let slot = self.pool.get(id).map_err(fail)?;
+            if slot.ty != *ty {
+                return Err(fail(format!(
+                    "in-place buffer holds {}, the result is {ty}",
+                    slot.ty
+                )));
+            }
+            env.set(out, id)?;
+            let y = Operand {
+                buffer: slot.buffer,
+                ty: ty.clone(),
+            };
+            return lower(rec, &k.op, &inputs, &[y], step.in_place).map_err(fail);
+        }
         let mut outputs = Vec::with_capacity(step.outputs.len());
         for (&v, ty) in step.outputs.iter().zip(&k.outputs) {
             let (id, buffer) = self.pool.alloc(ty, false).map_err(fail)?;
@@ -147,7 +171,7 @@ impl WgpuBackend {
                 ty: ty.clone(),
             });
         }
-        lower(rec, &k.op, &inputs, &outputs).map_err(fail)
+        lower(rec, &k.op, &inputs, &outputs, None).map_err(fail)
     }
 }
 
@@ -155,18 +179,23 @@ fn nth(xs: &[Operand], i: usize) -> std::result::Result<&Operand, String> {
     xs.get(i).ok_or_else(|| format!("missing operand {i}"))
 }
 
-/// The one exhaustive match from ops to kernels.
+/// The one exhaustive match from ops to kernels. `in_place` names the
+/// operand whose buffer `ys[0]` is (only fused kernels run in place).
 fn lower(
     rec: &mut Recorder<'_>,
     op: &Op,
     xs: &[Operand],
     ys: &[Operand],
+    in_place: Option<usize>,
 ) -> std::result::Result<(), String> {
     let y = nth(ys, 0)?;
+    if in_place.is_some() && !matches!(op, Op::Fused(_)) {
+        return Err(format!("{} does not run in place", op.name()));
+    }
     match op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not dispatched".into()),
         Op::Custom(_) | Op::Transfer { .. } => Err("not a GPU kernel".into()),
-        Op::Fused(expr) => fused::fused(rec, expr, xs, y),
+        Op::Fused(expr) => fused::fused(rec, expr, xs, y, in_place),
         Op::Unary(u) => elementwise::unary(rec, *u, nth(xs, 0)?, y),
         Op::Binary(b) => elementwise::binary(rec, *b, nth(xs, 0)?, nth(xs, 1)?, y),
         Op::Cast(to) => elementwise::cast(rec, *to, nth(xs, 0)?, y),

@@ -44,6 +44,9 @@ pub struct FusedProgram {
     operands: Vec<DType>,
     access: Vec<Access>,
     out: DType,
+    /// The operand whose buffer is also the output's (bound once,
+    /// `read_write`), if the kernel runs in place.
+    in_place: Option<usize>,
     key: String,
 }
 
@@ -155,8 +158,43 @@ impl FusedProgram {
             operands,
             access,
             out: output.dtype,
+            in_place: None,
             key,
         })
+    }
+
+    /// The same program writing its result into operand `k`'s buffer: that
+    /// operand is not bound on its own but read from the output binding
+    /// (WebGPU forbids binding one buffer read-only and writable in one
+    /// dispatch). `k` must be read whole and of the output's dtype, or not
+    /// read at all.
+    pub fn in_place(mut self, k: usize) -> Result<Self, String> {
+        match (self.access.get(k), self.operands.get(k)) {
+            (None, _) | (_, None) => {
+                return Err(format!(
+                    "in place into operand {k} of {}",
+                    self.access.len()
+                ));
+            }
+            (Some(Access::Full | Access::Unused), Some(&d)) if d == self.out => {}
+            (Some(&a), Some(&d)) => {
+                return Err(format!(
+                    "fused operand {k} ({d}, read {a:?}) cannot hold the {} result in place",
+                    self.out
+                ));
+            }
+        }
+        if let Some(j) = self.in_place {
+            return Err(format!("fused kernel already runs in place in operand {j}"));
+        }
+        let _ = write!(self.key, " in place x{k}");
+        self.in_place = Some(k);
+        Ok(self)
+    }
+
+    /// The operand whose buffer the result overwrites, if any.
+    pub fn in_place_operand(&self) -> Option<usize> {
+        self.in_place
     }
 
     /// Whether every operand is read whole or as one element: the flat,
@@ -171,13 +209,24 @@ impl FusedProgram {
     }
 
     /// Storage buffers the kernel binds: each operand it reads, and the
-    /// output (parameters are a uniform block).
+    /// output (parameters are a uniform block); an in-place operand shares
+    /// the output's binding.
     pub fn storage_buffers(&self) -> usize {
-        self.access.iter().filter(|a| **a != Access::Unused).count() + 1
+        self.access
+            .iter()
+            .enumerate()
+            .filter(|&(k, a)| *a != Access::Unused && Some(k) != self.in_place)
+            .count()
+            + 1
+    }
+
+    /// Whether operand `k` gets a binding of its own.
+    pub fn binds(&self, k: usize) -> bool {
+        self.access.get(k).is_some_and(|a| *a != Access::Unused) && Some(k) != self.in_place
     }
 
     /// The canonical text the pipeline is cached by: the program, each
-    /// operand's dtype and access, the output dtype.
+    /// operand's dtype and access, the output dtype, the in-place operand.
     pub fn key_text(&self) -> &str {
         &self.key
     }
@@ -207,12 +256,23 @@ impl FusedProgram {
                 Access::Full if flat => format!("vec4<{t}>"),
                 Access::Full | Access::Single | Access::Strided => t.to_string(),
             };
+            args.push(format!("a{k}: {t}"));
+            if Some(k) == self.in_place {
+                // Read from the output's binding, element i, before the
+                // same thread overwrites it.
+                if flat {
+                    let _ = writeln!(main, "    let a{k} = z[i];");
+                    call.push(format!("a{k}.LANE"));
+                } else {
+                    call.push("z[i]".to_string());
+                }
+                continue;
+            }
             let _ = writeln!(
                 bindings,
                 "@group(0) @binding({slot}) var<storage, read> x{k}: array<{elem}>;"
             );
             slot += 1;
-            args.push(format!("a{k}: {t}"));
             match a {
                 Access::Full if flat => {
                     let _ = writeln!(main, "    let a{k} = x{k}[i];");

@@ -326,7 +326,8 @@ pub fn all_variants() -> Vec<ShaderKey> {
 
 /// Two small fused programs, `exp(x) * y + 1` over operands of the
 /// output's shape (the flat form) and over broadcast ones (the strided
-/// form): representatives of `fused.wgsl` among [`all_variants`].
+/// form), each also in place into an operand of the output's type:
+/// representatives of `fused.wgsl` among [`all_variants`].
 fn fused_samples() -> Vec<ShaderKey> {
     use tensorgraph_core::{FusedExpr, Instr, Scalar, TensorType};
     let expr = Arc::new(FusedExpr {
@@ -341,14 +342,23 @@ fn fused_samples() -> Vec<ShaderKey> {
         dtypes: vec![DType::F32; 6],
     });
     let t = |dims: &[usize]| TensorType::new(DType::F32, dims.to_vec());
-    [
-        ([t(&[4, 8]), t(&[4, 8])], t(&[4, 8])),
-        ([t(&[4, 1]), t(&[8])], t(&[4, 8])),
-    ]
-    .into_iter()
-    .filter_map(|(ins, out)| FusedProgram::new(&expr, &ins, &out).ok())
-    .map(FusedProgram::shader_key)
-    .collect()
+    let out = t(&[4, 8]);
+    let layouts = [
+        [out.clone(), out.clone()],
+        [t(&[4, 1]), t(&[8])],
+        [t(&[4, 1]), out.clone()],
+    ];
+    let mut keys = Vec::new();
+    for ins in layouts {
+        let Ok(p) = FusedProgram::new(&expr, &ins, &out) else {
+            continue;
+        };
+        if let Some(k) = ins.iter().rposition(|ty| *ty == out) {
+            keys.extend(p.clone().in_place(k).ok().map(FusedProgram::shader_key));
+        }
+        keys.push(p.shader_key());
+    }
+    keys
 }
 
 #[cfg(test)]

@@ -262,3 +262,78 @@ fn malformed_fused_programs_are_refused() {
         assert!(err.contains(want), "{err} (wanted {want})");
     }
 }
+
+/// Every fused case again, in place into each operand of the output's
+/// exact type: the donor is bound once, as the `read_write` output, never
+/// also read-only; the shader validates; the key tells it apart.
+#[test]
+fn every_fused_case_validates_in_place() {
+    let mut forms = std::collections::HashSet::new();
+    let mut unused_donor = false;
+    let mut keys = std::collections::HashSet::new();
+    for (name, expr, ins, out) in &fused_cases() {
+        let plain = FusedProgram::new(expr, ins, out).expect("valid");
+        for k in (0..ins.len()).filter(|&k| ins[k] == *out) {
+            let p = plain
+                .clone()
+                .in_place(k)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(p.in_place_operand(), Some(k));
+            assert_ne!(
+                p.key_text(),
+                plain.key_text(),
+                "{name}: in place keyed apart"
+            );
+            let read = plain.binds(k);
+            unused_donor |= !read;
+            assert_eq!(
+                p.storage_buffers(),
+                plain.storage_buffers() - usize::from(read),
+                "{name}: the donor shares the output's binding"
+            );
+            forms.insert(p.flat());
+            let storage = p.storage_buffers();
+            let key = p.shader_key();
+            keys.insert(key.clone());
+            let src = key.source().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let label = format!("{name} {ins:?} in place x{k}: {}", key.label());
+            validate(&label, &src);
+            assert!(
+                !src.contains(&format!(" x{k}: ")),
+                "{label}: the donor has a binding of its own\n{src}"
+            );
+            assert_eq!(
+                src.matches("var<storage, read_write>").count(),
+                1,
+                "{label}"
+            );
+            assert_eq!(src.matches("var<storage").count(), storage, "{label}");
+        }
+    }
+    assert_eq!(forms.len(), 2, "both forms in place");
+    assert!(unused_donor, "an in-place operand the program never reads");
+    assert!(keys.len() > 60, "{} in-place keys", keys.len());
+}
+
+#[test]
+fn in_place_needs_an_operand_of_the_output_type() {
+    use DType::{F32, I32};
+    let add = program(&[
+        (Instr::Input(0), F32),
+        (Instr::Input(1), F32),
+        (Instr::Binary(BinaryOp::Add, 0, 1), F32),
+    ]);
+    let out = ty(F32, &[4, 8]);
+    let p = FusedProgram::new(&add, &[ty(F32, &[8]), out.clone()], &out).expect("valid");
+    let err = p.clone().in_place(0).expect_err("broadcast operand");
+    assert!(err.contains("operand 0"), "{err}");
+    assert!(p.clone().in_place(2).is_err(), "no operand 2");
+    let twice = p.in_place(1).expect("whole operand").in_place(1);
+    assert!(twice.is_err(), "in place once");
+    let cast = program(&[(Instr::Input(0), I32), (Instr::Cast(F32, 0), F32)]);
+    let p = FusedProgram::new(&cast, &[ty(I32, &[4, 8])], &out).expect("valid");
+    assert!(
+        p.in_place(0).is_err(),
+        "an i32 buffer cannot hold f32 in place"
+    );
+}

@@ -10,20 +10,29 @@ use crate::fused::{Access, FusedProgram};
 use crate::params::{Params, broadcast_strides, collapse, to_u32};
 use crate::record::{Binding, Recorder};
 
-/// `y = expr(xs...)`, every operand broadcast to `y`'s shape.
+/// `y = expr(xs...)`, every operand broadcast to `y`'s shape. With
+/// `in_place = Some(k)`, `y`'s buffer is operand `k`'s: it is bound once,
+/// as the output, and the program reads operand `k` from there.
 pub fn fused(
     rec: &mut Recorder<'_>,
     expr: &Arc<FusedExpr>,
     xs: &[Operand],
     y: &Operand,
+    in_place: Option<usize>,
 ) -> Result<(), String> {
     let types: Vec<TensorType> = xs.iter().map(|x| x.ty.clone()).collect();
-    let program = FusedProgram::new(expr, &types, &y.ty)?;
+    let mut program = FusedProgram::new(expr, &types, &y.ty)?;
+    if let Some(k) = in_place {
+        program = program.in_place(k)?;
+    }
     let n = y.numel();
     let flat = program.flat();
     let mut bindings = Vec::with_capacity(xs.len() + 1);
     let mut strided = Vec::new();
-    for (x, &a) in xs.iter().zip(program.access()) {
+    for (k, (x, &a)) in xs.iter().zip(program.access()).enumerate() {
+        if !program.binds(k) {
+            continue;
+        }
         match a {
             Access::Unused => {}
             Access::Full if flat => bindings.push(Binding::vec4s(&x.buffer, x.ty.bytes())),
