@@ -94,5 +94,37 @@ fn run_and_free_lines_at_debug_level() {
             .map(|s| s.free_after.len())
             .expect("matmul step");
         assert_eq!(mm_frees, 2, "{d}: x and w die at the matmul");
+
+        // A fused step that writes into the matmul's dying buffer says so.
+        let g = Graph::new();
+        let x = g.input("x", DType::F32, [4, 8]).expect("input");
+        let w = g.input("w", DType::F32, [8, 3]).expect("input");
+        let mm = x.matmul(&w).expect("matmul");
+        let y = (&mm * 2.0 + 1.0).relu().expect("fusable");
+        let Some(plan) = compile_on(d, &g, &[&y]) else {
+            return;
+        };
+        let step = plan
+            .steps()
+            .iter()
+            .find(|s| s.in_place.is_some())
+            .expect("the fused step runs in place");
+        let donor = step.inputs[step.in_place.expect("in place")];
+        let line = format!(
+            "reuse {donor} in place for {} at {}",
+            step.outputs[0], step.name
+        );
+        let before = log.text().len();
+        plan.run(&[
+            ("x", Value::F32(rand_f32(1, &[4, 8], -1.0, 1.0))),
+            ("w", Value::F32(rand_f32(2, &[8, 3], -1.0, 1.0))),
+        ])
+        .expect("run");
+        let text = log.text()[before..].to_string();
+        assert!(text.contains(&line), "{d}: no `{line}` in:\n{text}");
+        assert!(
+            !text.contains(&format!("free {donor} ")),
+            "{d}: an in-place donor is taken over, not freed:\n{text}"
+        );
     });
 }
