@@ -121,7 +121,9 @@ impl CpuBackend {
             | Op::Concat { .. }
             | Op::Split { .. }
             | Op::Cast(_)
-            | Op::Fused(_) => {
+            | Op::Fused(_)
+            | Op::MatMulEpilogue(_)
+            | Op::ReducePrologue { .. } => {
                 let inputs = self.operands(step, env)?;
                 let refs: Vec<&Value> = inputs.iter().map(|v| &**v).collect();
                 Some(compute(&step.kernel, &refs).map_err(fail)?)
@@ -211,6 +213,9 @@ fn compute(kernel: &Kernel, inputs: &[&Value]) -> KResult<Vec<Value>> {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not computed".into()),
         Op::Custom(_) | Op::Transfer { .. } => Err("not a kernel".into()),
         Op::Fused(expr) => Ok(vec![fused::fused(expr, out_ty()?, inputs)?]),
+        Op::MatMulEpilogue(_) | Op::ReducePrologue { .. } => {
+            Err("epilogue and prologue kernels are not implemented on the CPU yet".into())
+        }
         Op::Unary(op) => dispatch(&elementwise::Unary(*op), inputs),
         Op::Binary(op) => dispatch(
             &elementwise::Binary {

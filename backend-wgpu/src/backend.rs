@@ -208,6 +208,9 @@ impl Backend for WgpuBackend {
             | Op::Split { .. }
             | Op::Cast(_) => Ok(()),
             Op::Fused(expr) => self.check_fused(expr, kernel),
+            Op::MatMulEpilogue(_) | Op::ReducePrologue { .. } => {
+                Err("epilogue and prologue kernels are not generated for the GPU yet".into())
+            }
             Op::Custom(_) => Err("custom ops run on the CPU".into()),
             Op::Transfer { .. } => Err("transfers are run by the executor".into()),
         }

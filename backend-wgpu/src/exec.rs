@@ -195,6 +195,9 @@ fn lower(
     match op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not dispatched".into()),
         Op::Custom(_) | Op::Transfer { .. } => Err("not a GPU kernel".into()),
+        Op::MatMulEpilogue(_) | Op::ReducePrologue { .. } => {
+            Err("epilogue and prologue kernels are not generated yet".into())
+        }
         Op::Fused(expr) => fused::fused(rec, expr, xs, y, in_place),
         Op::Unary(u) => elementwise::unary(rec, *u, nth(xs, 0)?, y),
         Op::Binary(b) => elementwise::binary(rec, *b, nth(xs, 0)?, nth(xs, 1)?, y),

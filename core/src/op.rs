@@ -223,6 +223,26 @@ pub enum Op {
     /// A fused elementwise program (built by the fusion pass, never by
     /// users): one kernel, one pass over memory.
     Fused(Arc<FusedExpr>),
+    /// A matrix product whose result goes through an elementwise
+    /// epilogue (bias add, activation, ...) before it is stored. Operands:
+    /// the two matmul operands, then the epilogue's other inputs. In the
+    /// program, `Instr::Input(0)` is the product and `Instr::Input(j)` for
+    /// `j >= 1` is kernel operand `j + 1`, broadcast to the output shape.
+    MatMulEpilogue(Arc<FusedExpr>),
+    /// A reduction of an elementwise prologue: the reduced tensor is `expr`
+    /// evaluated over the kernel's operands, each broadcast to `shape`.
+    ReducePrologue {
+        /// The prologue program.
+        expr: Arc<FusedExpr>,
+        /// The shape of the tensor being reduced.
+        shape: Shape,
+        /// Which reduction.
+        op: ReduceOp,
+        /// Axes reduced, sorted ascending.
+        axes: Vec<usize>,
+        /// Keep reduced axes as size 1.
+        keep_dims: bool,
+    },
     /// A user closure over host arrays; runs on the CPU.
     Custom(CustomOp),
     /// Copies values between devices. Inserted by the planner at device
@@ -278,6 +298,8 @@ impl Op {
             Op::Split { .. } => "split",
             Op::Cast(_) => "cast",
             Op::Fused(_) => "fused",
+            Op::MatMulEpilogue(_) => "matmul_epilogue",
+            Op::ReducePrologue { op, .. } => op.name(),
             Op::Custom(_) => "custom",
             Op::Transfer { .. } => "transfer",
         }
@@ -316,6 +338,16 @@ impl Op {
             Op::Reduce { .. } => inputs.first().map_or(0, |t| t.shape.numel()) as u64,
             Op::Unary(_) | Op::Binary(_) => out,
             Op::Fused(e) => out * e.instrs.len() as u64,
+            Op::MatMulEpilogue(e) => {
+                let k = inputs
+                    .first()
+                    .and_then(|a| a.shape.dims().last().copied())
+                    .unwrap_or(0) as u64;
+                2 * out * k + out * e.instrs.len() as u64
+            }
+            Op::ReducePrologue { expr, shape, .. } => {
+                shape.numel() as u64 * (expr.instrs.len() as u64 + 1)
+            }
             Op::Input { .. } | Op::Constant(_) | Op::Layout(_) => 0,
             Op::Concat { .. } | Op::Split { .. } | Op::Cast(_) => 0,
             Op::Custom(_) | Op::Transfer { .. } => 0,

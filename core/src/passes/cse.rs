@@ -70,7 +70,14 @@ fn key_hash(step: &Step) -> Option<u64> {
         Op::Concat { axis } => axis.hash(&mut h),
         Op::Split { axis, sizes } => (axis, sizes).hash(&mut h),
         Op::Cast(d) => d.hash(&mut h),
-        Op::Fused(e) => e.to_string().hash(&mut h),
+        Op::Fused(e) | Op::MatMulEpilogue(e) => e.to_string().hash(&mut h),
+        Op::ReducePrologue {
+            expr,
+            shape,
+            op,
+            axes,
+            keep_dims,
+        } => (expr.to_string(), shape, op, axes, keep_dims).hash(&mut h),
     }
     Some(h.finish())
 }

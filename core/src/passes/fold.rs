@@ -159,7 +159,9 @@ fn foldable(step: &Step) -> bool {
         | Op::Concat { .. }
         | Op::Split { .. }
         | Op::Cast(_)
-        | Op::Fused(_) => true,
+        | Op::Fused(_)
+        | Op::MatMulEpilogue(_)
+        | Op::ReducePrologue { .. } => true,
     };
     op_ok
         && !step.inputs.is_empty()

@@ -9,6 +9,7 @@ use crate::{Result, TensorType};
 
 pub mod cse;
 pub mod dce;
+pub mod epilogue;
 pub mod fold;
 pub mod fuse;
 pub mod simplify;
@@ -38,6 +39,9 @@ pub struct PassOptions {
     pub dce: bool,
     /// Merge trees of elementwise steps into one fused kernel each.
     pub fusion: bool,
+    /// Fold an elementwise tail into the matmul before it, and an
+    /// elementwise head into the reduction after it.
+    pub epilogues: bool,
 }
 
 impl Default for PassOptions {
@@ -48,6 +52,7 @@ impl Default for PassOptions {
             simplify: true,
             dce: true,
             fusion: true,
+            epilogues: false,
         }
     }
 }
@@ -61,6 +66,7 @@ impl PassOptions {
             simplify: false,
             dce: false,
             fusion: false,
+            epilogues: false,
         }
     }
 }
@@ -87,6 +93,10 @@ pub fn pipeline(ir: &mut Ir, options: &PassOptions, cpu: Option<&Arc<dyn Backend
     // Trees of elementwise steps become one kernel each (one pass over memory).
     if options.fusion {
         fuse::fuse_elementwise(ir);
+    }
+    // Elementwise tails into matmuls, elementwise heads into reductions.
+    if options.epilogues {
+        epilogue::fuse_epilogues(ir);
     }
     Ok(())
 }
