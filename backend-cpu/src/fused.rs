@@ -19,10 +19,12 @@ use tensorgraph_core::{BinaryOp, DType, FusedExpr, Instr, Scalar, TensorType, Un
 mod chunk;
 mod donor;
 mod operand;
+mod prologue;
 
 use self::chunk::{Lane, Out, Src, binary, cast_scalar, fold_binary, fold_unary, map1, unary};
 pub(crate) use self::donor::fused_into;
 use self::operand::{Bound, Operand, bind, gather, standard_copy};
+pub(crate) use self::prologue::{Prologue, reduce_prologue};
 use crate::element::{KResult, PAR_THRESHOLD};
 
 /// Elements per chunk: a few registers of this many elements fit in L1.

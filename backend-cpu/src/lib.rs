@@ -5,6 +5,9 @@
 
 mod element;
 mod elementwise;
+mod epilogue;
+#[cfg(test)]
+mod epilogue_tests;
 mod fused;
 #[cfg(test)]
 mod fused_tests;
@@ -213,9 +216,23 @@ fn compute(kernel: &Kernel, inputs: &[&Value]) -> KResult<Vec<Value>> {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not computed".into()),
         Op::Custom(_) | Op::Transfer { .. } => Err("not a kernel".into()),
         Op::Fused(expr) => Ok(vec![fused::fused(expr, out_ty()?, inputs)?]),
-        Op::MatMulEpilogue(_) | Op::ReducePrologue { .. } => {
-            Err("epilogue and prologue kernels are not implemented on the CPU yet".into())
-        }
+        Op::MatMulEpilogue(expr) => Ok(vec![epilogue::matmul_epilogue(expr, out_ty()?, inputs)?]),
+        Op::ReducePrologue {
+            expr,
+            shape,
+            op,
+            axes,
+            ..
+        } => Ok(vec![fused::reduce_prologue(
+            &fused::Prologue {
+                expr,
+                shape,
+                op: *op,
+                axes,
+                out: out_ty()?,
+            },
+            inputs,
+        )?]),
         Op::Unary(op) => dispatch(&elementwise::Unary(*op), inputs),
         Op::Binary(op) => dispatch(
             &elementwise::Binary {

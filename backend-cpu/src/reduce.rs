@@ -17,9 +17,9 @@ use crate::element::{Element, KResult, PAR_THRESHOLD, TypedKernel};
 const LANE_CHUNK: usize = 16 * 1024;
 /// Rows accumulated sequentially before partial results are combined
 /// pairwise; bounds the float error of column sums.
-const ROW_BLOCK: usize = 64;
+pub(crate) const ROW_BLOCK: usize = 64;
 /// Columns per parallel task in column reductions.
-const COL_CHUNK: usize = 2 * 1024;
+pub(crate) const COL_CHUNK: usize = 2 * 1024;
 
 /// A reduction over sorted, distinct axes.
 pub(crate) struct Reduce<'a> {
@@ -82,7 +82,7 @@ impl TypedKernel for Reduce<'_> {
 }
 
 /// Combines two partial results.
-fn combine<T: Element>(op: ReduceOp, a: T, b: T) -> T {
+pub(crate) fn combine<T: Element>(op: ReduceOp, a: T, b: T) -> T {
     match op {
         ReduceOp::Sum | ReduceOp::Mean => T::add(a, b),
         ReduceOp::Max => T::max2(a, b),
@@ -91,7 +91,7 @@ fn combine<T: Element>(op: ReduceOp, a: T, b: T) -> T {
 }
 
 /// Reduces one non-empty lane to a partial result (a sum for `Mean`).
-fn lane<T: Element>(op: ReduceOp, xs: &[T]) -> T {
+pub(crate) fn lane<T: Element>(op: ReduceOp, xs: &[T]) -> T {
     match op {
         ReduceOp::Sum | ReduceOp::Mean => T::sum(xs),
         ReduceOp::Max => xs.iter().copied().reduce(T::max2).unwrap_or_default(),
@@ -100,7 +100,7 @@ fn lane<T: Element>(op: ReduceOp, xs: &[T]) -> T {
 }
 
 /// Turns a partial result over `count` elements into the answer.
-fn finish<T: Element>(op: ReduceOp, v: T, count: usize) -> T {
+pub(crate) fn finish<T: Element>(op: ReduceOp, v: T, count: usize) -> T {
     match op {
         ReduceOp::Mean => T::mean(v, count),
         ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => v,
@@ -185,12 +185,19 @@ fn columns<T: Element>(op: ReduceOp, m: &[T], width: usize, c0: usize, out: &mut
         acc
     };
     let blocks = rows.div_ceil(ROW_BLOCK);
-    let mut parts: Vec<Vec<T>> = if blocks > 1 && rows * w >= 4 * PAR_THRESHOLD {
+    let parts: Vec<Vec<T>> = if blocks > 1 && rows * w >= 4 * PAR_THRESHOLD {
         (0..blocks).into_par_iter().map(block).collect()
     } else {
         (0..blocks).map(block).collect()
     };
-    // Pairwise combination of the block partials.
+    if let Some(p) = pairwise(op, parts) {
+        out.copy_from_slice(&p);
+    }
+}
+
+/// Combines equal-length partial results as a balanced tree: adjacent
+/// pairs level by level, an odd last one carried up. `None` if empty.
+pub(crate) fn pairwise<T: Element>(op: ReduceOp, mut parts: Vec<Vec<T>>) -> Option<Vec<T>> {
     while parts.len() > 1 {
         let mut next = Vec::with_capacity(parts.len().div_ceil(2));
         let mut it = parts.into_iter();
@@ -204,7 +211,5 @@ fn columns<T: Element>(op: ReduceOp, m: &[T], width: usize, c0: usize, out: &mut
         }
         parts = next;
     }
-    if let Some(p) = parts.pop() {
-        out.copy_from_slice(&p);
-    }
+    parts.pop()
 }
