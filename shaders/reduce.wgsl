@@ -10,27 +10,36 @@
 // kept: 16 neighbouring outputs are then contiguous, so each group of 16
 // threads reads 16 neighbouring elements per step.
 //
-// The input is addressed through two strided index spaces: the kept axes
-// (which output) and the reduced axes (which element of the reduction), so
-// any axis set reduces without a copy.
+// Each operand is addressed through two strided index spaces: the kept
+// axes (which output) and the reduced axes (which element of the
+// reduction), so any axis set reduces without a copy, and an operand
+// broadcast to the reduced shape is read in place (stride 0).
 //
-// Bindings (group 0):
-//   0  x: array<{{T}}>           read-only storage, the operand
-//   1  y: array<{{T}}>           read_write storage, one value per output
-//   2  p: Params                 uniform
+// The value folded at each element is a generated program (fused.rs) of
+// the operands there: for Op::Reduce the identity of one operand, for
+// Op::ReducePrologue the prologue, so the reduced tensor is never stored.
+//
+// Bindings (group 0), in this order:
+//   x<j>: array<T_j>      read-only storage, each operand the program reads
+//   y: array<T>           read_write storage, one value per output
+//   p: Params             uniform, after the storage bindings
 // struct Params {
 //   n_out: u32, n_red: u32, kept_rank: u32, red_rank: u32,
-//   identity: u32,   // bits of the fold's identity ({{T}}), e.g. -inf for max
-//   cols: u32,       // outputs per workgroup: a power of two dividing {{WG}}
-//   _pad0: u32, _pad1: u32,
-//   kept_shape: array<vec4<u32>, 2>,   kept_strides: array<vec4<u32>, 2>,
-//   red_shape: array<vec4<u32>, 2>,    red_strides: array<vec4<u32>, 2>,
+//   identity: u32,   // bits of the fold's identity (T), e.g. -inf for max
+//   cols: u32,       // outputs per workgroup: a power of two dividing WG
+//   zero: u32,       // always 0: program literals are xor-ed with it
+//   _pad1: u32,
+//   kept_shape: array<vec4<u32>, 2>,   red_shape: array<vec4<u32>, 2>,
+//   // per operand j read at strides (not a single element):
+//   k<j>: array<vec4<u32>, 2>,   r<j>: array<vec4<u32>, 2>,  // kept, reduced strides
 // }
 //
-// Template: {{T}} element type; {{WG}} threads per workgroup (power of
-// two); {{COMBINE}} a function name folding two {{T}}s (helpers below
-// and math.wgsl's max_f32/min_f32, spliced in at the HELPERS placeholder);
-// {{FINISH}} an expression of the total `acc` and the count `p.n_red`.
+// Template: T element type; WG threads per workgroup (power of two);
+// COMBINE a function name folding two Ts (helpers below and math.wgsl's
+// max_f32/min_f32, spliced in at the HELPERS placeholder); FINISH an
+// expression of the total `acc` and the count `p.n_red`; FIELDS,
+// BINDINGS, PARAMS_BINDING, OPS, EVAL, KEPT_INIT, KEPT_WALK, RED_INIT,
+// RED_WALK and VALUE the generated program and its operands' addressing.
 // Dispatch: ceil(n_out / cols) workgroups, folded into y past the cap.
 
 struct Params {
@@ -40,19 +49,17 @@ struct Params {
     red_rank: u32,
     identity: u32,
     cols: u32,
-    _pad0: u32,
+    zero: u32,
     _pad1: u32,
     kept_shape: array<vec4<u32>, 2>,
-    kept_strides: array<vec4<u32>, 2>,
     red_shape: array<vec4<u32>, 2>,
-    red_strides: array<vec4<u32>, 2>,
+{{FIELDS}}
 }
 
 const WG: u32 = {{WG}}u;
 
-@group(0) @binding(0) var<storage, read> x: array<{{T}}>;
-@group(0) @binding(1) var<storage, read_write> y: array<{{T}}>;
-@group(0) @binding(2) var<uniform> p: Params;
+{{BINDINGS}}
+@group(0) @binding({{PARAMS_BINDING}}) var<uniform> p: Params;
 
 var<workgroup> partial: array<{{T}}, WG>;
 
@@ -82,29 +89,9 @@ fn mean_i32(acc: i32, count: u32) -> i32 {
     return acc / i32(count);
 }
 
-fn kept_offset(o: u32) -> u32 {
-    var rest = o;
-    var off = 0u;
-    for (var d = i32(p.kept_rank) - 1; d >= 0; d = d - 1) {
-        let k = u32(d);
-        let dim = p.kept_shape[k / 4u][k % 4u];
-        off = off + (rest % dim) * p.kept_strides[k / 4u][k % 4u];
-        rest = rest / dim;
-    }
-    return off;
-}
+{{OPS}}
 
-fn red_offset(r: u32) -> u32 {
-    var rest = r;
-    var off = 0u;
-    for (var d = i32(p.red_rank) - 1; d >= 0; d = d - 1) {
-        let k = u32(d);
-        let dim = p.red_shape[k / 4u][k % 4u];
-        off = off + (rest % dim) * p.red_strides[k / 4u][k % 4u];
-        rest = rest / dim;
-    }
-    return off;
-}
+{{EVAL}}
 
 @compute @workgroup_size(WG)
 fn main(
@@ -121,9 +108,26 @@ fn main(
     let live = o < p.n_out;
     var acc = bitcast<{{T}}>(p.identity);
     if live {
-        let base = kept_offset(o);
+        var rest = o;
+{{KEPT_INIT}}
+        for (var d = i32(p.kept_rank) - 1; d >= 0; d = d - 1) {
+            let k = u32(d);
+            let dim = p.kept_shape[k / 4u][k % 4u];
+            let c = rest % dim;
+            rest = rest / dim;
+{{KEPT_WALK}}
+        }
         for (var r = lane; r < p.n_red; r = r + lanes) {
-            acc = {{COMBINE}}(acc, x[base + red_offset(r)]);
+            var rr = r;
+{{RED_INIT}}
+            for (var d = i32(p.red_rank) - 1; d >= 0; d = d - 1) {
+                let k = u32(d);
+                let dim = p.red_shape[k / 4u][k % 4u];
+                let c = rr % dim;
+                rr = rr / dim;
+{{RED_WALK}}
+            }
+            acc = {{COMBINE}}(acc, {{VALUE}});
         }
     }
     partial[lid.x] = acc;

@@ -6,12 +6,14 @@ use std::sync::{Arc, mpsc};
 use ndarray::{ArrayD, IxDyn};
 use tensorgraph_core::backend::{Env, Meter, Segment};
 use tensorgraph_core::{
-    Backend, BufferId, DType, Device, FusedExpr, Kernel, Op, Result, TensorType, Value,
+    Backend, BufferId, DType, Device, FusedExpr, Kernel, Op, Result, Shape, TensorType, Value,
 };
 
 use crate::WgpuBackend;
+use crate::epilogue::MatMulProgram;
 use crate::fused::{Access, FusedProgram};
 use crate::params::MAX_RANK;
+use crate::prologue::walked;
 
 impl WgpuBackend {
     /// Why a tensor of type `ty` cannot live on this device, if it cannot.
@@ -81,6 +83,76 @@ impl WgpuBackend {
                 "fused kernel broadcasts {strided} operands: {params} bytes of parameters, \
                  past this adapter's max_uniform_buffer_binding_size ({})",
                 limits.max_uniform_buffer_binding_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why the matmul epilogue `expr` cannot run as `kernel` here, if it
+    /// cannot: a malformed program, or more storage bindings than the
+    /// adapter allows one shader even without A's and B's `vec4` views.
+    fn check_epilogue(
+        &self,
+        expr: &Arc<FusedExpr>,
+        kernel: &Kernel,
+    ) -> std::result::Result<(), String> {
+        let out = kernel
+            .outputs
+            .first()
+            .ok_or("a matmul epilogue has one output")?;
+        let program = MatMulProgram::epilogue(expr, &kernel.inputs, out)?.with_views(false);
+        let storage = program.storage_buffers();
+        let max = self.gpu.limits.max_storage_buffers_per_shader_stage as usize;
+        if storage > max {
+            return Err(format!(
+                "matmul epilogue reads {} extra operands: {storage} storage buffers with \
+                 a, b and the output, past this adapter's max_storage_buffers_per_shader_stage \
+                 ({max}); at most {} extra operands fit",
+                storage - 3,
+                max.saturating_sub(3)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why the reduction prologue `expr` over `shape` cannot run as
+    /// `kernel` here, if it cannot: a malformed program, or more storage
+    /// bindings or parameters than the adapter allows one shader.
+    fn check_prologue(
+        &self,
+        expr: &Arc<FusedExpr>,
+        shape: &Shape,
+        kernel: &Kernel,
+    ) -> std::result::Result<(), String> {
+        let out = kernel
+            .outputs
+            .first()
+            .ok_or("a reduction prologue has one output")?;
+        let reduced = TensorType::new(out.dtype, shape.dims().to_vec());
+        if reduced.shape.rank() > MAX_RANK {
+            return Err(format!(
+                "the reduced tensor {reduced} has rank {}; the GPU kernels address at most {MAX_RANK} axes",
+                reduced.shape.rank()
+            ));
+        }
+        let program = FusedProgram::new(expr, &kernel.inputs, &reduced)
+            .map_err(|e| format!("reduction prologue: {e}"))?;
+        let storage = program.storage_buffers();
+        let max = self.gpu.limits.max_storage_buffers_per_shader_stage as usize;
+        if storage > max {
+            return Err(format!(
+                "reduction prologue reads {} operands: {storage} storage buffers with its \
+                 output, past this adapter's max_storage_buffers_per_shader_stage ({max})",
+                storage - 1
+            ));
+        }
+        let walked = program.access().iter().filter(|a| walked(**a)).count() as u64;
+        let params = 32 + 64 + 64 * walked;
+        if params > self.gpu.limits.max_uniform_buffer_binding_size {
+            return Err(format!(
+                "reduction prologue walks {walked} operands: {params} bytes of parameters, \
+                 past this adapter's max_uniform_buffer_binding_size ({})",
+                self.gpu.limits.max_uniform_buffer_binding_size
             ));
         }
         Ok(())
@@ -208,9 +280,8 @@ impl Backend for WgpuBackend {
             | Op::Split { .. }
             | Op::Cast(_) => Ok(()),
             Op::Fused(expr) => self.check_fused(expr, kernel),
-            Op::MatMulEpilogue(_) | Op::ReducePrologue { .. } => {
-                Err("epilogue and prologue kernels are not generated for the GPU yet".into())
-            }
+            Op::MatMulEpilogue(expr) => self.check_epilogue(expr, kernel),
+            Op::ReducePrologue { expr, shape, .. } => self.check_prologue(expr, shape, kernel),
             Op::Custom(_) => Err("custom ops run on the CPU".into()),
             Op::Transfer { .. } => Err("transfers are run by the executor".into()),
         }

@@ -3,10 +3,13 @@
 //! segment are caught in error scopes and returned as `Err`.
 
 use tensorgraph_core::backend::{Env, Meter, Segment, release_after, take_in_place, trace_run};
-use tensorgraph_core::{Backend, BufferId, Kernel, LayoutOp, Op, Result, Step};
+use tensorgraph_core::{Backend, BufferId, Kernel, LayoutOp, Op, Result, Step, TensorType};
 
 use crate::WgpuBackend;
+use crate::epilogue::MatMulProgram;
+use crate::fused::FusedProgram;
 use crate::kernels::{Operand, elementwise, fused, layout, matmul, reduce};
+use crate::prologue;
 use crate::record::Recorder;
 
 impl WgpuBackend {
@@ -195,19 +198,40 @@ fn lower(
     match op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not dispatched".into()),
         Op::Custom(_) | Op::Transfer { .. } => Err("not a GPU kernel".into()),
-        Op::MatMulEpilogue(_) | Op::ReducePrologue { .. } => {
-            Err("epilogue and prologue kernels are not generated yet".into())
+        Op::MatMulEpilogue(expr) => {
+            let types: Vec<TensorType> = xs.iter().map(|x| x.ty.clone()).collect();
+            let program = MatMulProgram::epilogue(expr, &types, &y.ty)?;
+            matmul::matmul(rec, program, nth(xs, 0)?, nth(xs, 1)?, &xs[2..], y)
+        }
+        Op::ReducePrologue {
+            expr,
+            shape,
+            op,
+            axes,
+            keep_dims: _,
+        } => {
+            let types: Vec<TensorType> = xs.iter().map(|x| x.ty.clone()).collect();
+            let reduced = TensorType::new(y.ty.dtype, shape.dims().to_vec());
+            let program = FusedProgram::new(expr, &types, &reduced)?;
+            reduce::reduce(rec, *op, axes, program, xs, shape.dims(), y)
         }
         Op::Fused(expr) => fused::fused(rec, expr, xs, y, in_place),
         Op::Unary(u) => elementwise::unary(rec, *u, nth(xs, 0)?, y),
         Op::Binary(b) => elementwise::binary(rec, *b, nth(xs, 0)?, nth(xs, 1)?, y),
         Op::Cast(to) => elementwise::cast(rec, *to, nth(xs, 0)?, y),
-        Op::MatMul => matmul::matmul(rec, nth(xs, 0)?, nth(xs, 1)?, y),
+        Op::MatMul => {
+            let program = MatMulProgram::plain(y.ty.dtype);
+            matmul::matmul(rec, program, nth(xs, 0)?, nth(xs, 1)?, &[], y)
+        }
         Op::Reduce {
             op,
             axes,
             keep_dims: _,
-        } => reduce::reduce(rec, *op, axes, nth(xs, 0)?, y),
+        } => {
+            let x = nth(xs, 0)?;
+            let program = prologue::identity(x.ty.dtype)?;
+            reduce::reduce(rec, *op, axes, program, &xs[..1], x.dims(), y)
+        }
         Op::Layout(l) => match l {
             LayoutOp::Reshape(_) => {
                 layout::reshape(rec, nth(xs, 0)?, y);

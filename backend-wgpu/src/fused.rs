@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tensorgraph_core::{DType, FusedExpr, Instr, Scalar, TensorType};
 
-use crate::shaders::{self, Shader, ShaderKey, wgsl_type};
+use crate::shaders::{self, Generated, Shader, ShaderKey, wgsl_type};
 
 /// How a fused kernel reads one of its operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -233,7 +233,11 @@ impl FusedProgram {
 
     /// The pipeline key of this program.
     pub fn shader_key(self) -> ShaderKey {
-        ShaderKey::generated(Shader::Fused, self.key.clone(), Arc::new(self))
+        ShaderKey::generated(
+            Shader::Fused,
+            self.key.clone(),
+            Generated::Fused(Arc::new(self)),
+        )
     }
 
     /// The values of `fused.wgsl`'s placeholders.
@@ -329,6 +333,38 @@ impl FusedProgram {
             ("BODY", body),
             ("MAIN", main),
         ])
+    }
+
+    /// The result's element type.
+    pub fn out(&self) -> DType {
+        self.out
+    }
+
+    /// The element type of each operand.
+    pub fn operand_dtypes(&self) -> &[DType] {
+        &self.operands
+    }
+
+    /// The wrapper function of each (op, dtype) used, and the whole
+    /// `fn eval(a<k>: T_k, ..) -> T`, one argument per operand read in
+    /// operand order: what frames other than `fused.wgsl` (the matmul
+    /// epilogue, the reduction prologue) splice in.
+    pub(crate) fn eval_fn(&self) -> Result<(String, String), String> {
+        let args: Vec<String> = self
+            .operands
+            .iter()
+            .zip(&self.access)
+            .enumerate()
+            .filter(|(_, (_, a))| **a != Access::Unused)
+            .map(|(k, (&d, _))| format!("a{k}: {}", wgsl_type(d)))
+            .collect();
+        let (ops, body) = self.body()?;
+        let f = format!(
+            "fn eval({}) -> {} {{\n{body}\n}}",
+            args.join(", "),
+            wgsl_type(self.out)
+        );
+        Ok((ops, f))
     }
 
     /// The wrapper function of each (op, dtype) used, and `eval`'s body.

@@ -7,12 +7,14 @@
 //! `Arc<dyn Backend>`; the `tensorgraph` facade does this in `gpu_backend()`.
 
 mod backend;
+pub mod epilogue;
 mod exec;
 pub mod fused;
 pub mod kernels;
 pub mod params;
 mod pipelines;
 mod pool;
+pub mod prologue;
 pub mod record;
 pub mod shaders;
 
@@ -49,6 +51,14 @@ impl WgpuBackend {
     /// Fails with [`Error::DeviceUnavailable`] when no adapter with compute
     /// shaders exists or the device cannot be created.
     pub fn new() -> Result<Self> {
+        Self::with_limits(|_| {})
+    }
+
+    /// [`WgpuBackend::new`] with the device's limits first passed through
+    /// `adjust`, which may only lower them: to run as an adapter at
+    /// WebGPU's defaults would (8 storage buffers a stage, say) on one that
+    /// allows more, and test what those limits refuse or reshape.
+    pub fn with_limits(adjust: impl FnOnce(&mut wgpu::Limits)) -> Result<Self> {
         let unavailable = |hint: String| Error::DeviceUnavailable {
             device: Device::Gpu,
             hint,
@@ -77,7 +87,8 @@ impl WgpuBackend {
                 info.name, info.backend
             )));
         }
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        adjust(&mut limits);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("tensorgraph"),
             required_features: wgpu::Features::empty(),

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use tensorgraph_core::{BinaryOp, DType, ReduceOp, UnaryOp};
 
+use crate::epilogue::MatMulProgram;
 use crate::fused::FusedProgram;
+use crate::prologue;
 
 /// The scalar helpers shared by the elementwise shaders (`math.wgsl`).
 pub const HELPERS: &str = include_str!("../../shaders/math.wgsl");
@@ -92,6 +94,17 @@ pub fn expand(source: &str, args: &[(&str, &str)]) -> Result<String, String> {
     }
 }
 
+/// A generated program filling the rest of a template.
+#[derive(Debug, Clone)]
+pub enum Generated {
+    /// A fused elementwise program (`fused.wgsl`).
+    Fused(Arc<FusedProgram>),
+    /// A matmul, plain or with an epilogue (`matmul.wgsl`).
+    MatMul(Arc<MatMulProgram>),
+    /// The value a reduction folds at each element (`reduce.wgsl`).
+    Reduce(Arc<FusedProgram>),
+}
+
 /// A shader with its template arguments: one compute pipeline.
 ///
 /// Identity (equality and hashing, hence the pipeline cache) is the file
@@ -103,8 +116,8 @@ pub struct ShaderKey {
     pub shader: Shader,
     /// `(placeholder, value)` pairs.
     pub args: Vec<(&'static str, String)>,
-    /// A generated program filling the rest of the template (fused kernels).
-    pub program: Option<Arc<FusedProgram>>,
+    /// A generated program filling the rest of the template.
+    pub program: Option<Generated>,
 }
 
 impl PartialEq for ShaderKey {
@@ -132,7 +145,7 @@ impl ShaderKey {
     }
 
     /// The key of a generated `program`, identified by its canonical `key`.
-    pub fn generated(shader: Shader, key: String, program: Arc<FusedProgram>) -> Self {
+    pub fn generated(shader: Shader, key: String, program: Generated) -> Self {
         ShaderKey {
             shader,
             args: vec![("KEY", key)],
@@ -143,7 +156,9 @@ impl ShaderKey {
     /// The expanded WGSL.
     pub fn source(&self) -> Result<String, String> {
         let generated = match &self.program {
-            Some(p) => p.template_args()?,
+            Some(Generated::Fused(p)) => p.template_args()?,
+            Some(Generated::MatMul(p)) => p.template_args()?,
+            Some(Generated::Reduce(p)) => prologue::template_args(p)?,
             None => Vec::new(),
         };
         let mut args: Vec<(&str, &str)> = self.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -254,8 +269,11 @@ pub fn cast(from: DType, to: DType) -> ShaderKey {
     )
 }
 
-/// The reduction kernel for `op` on `dtype` with `wg` threads a group.
-pub fn reduce(op: ReduceOp, dtype: DType, wg: u32) -> ShaderKey {
+/// The reduction kernel for `op` with `wg` threads a group, folding the
+/// value `program` computes at each element (its result type is the
+/// reduction's).
+pub fn reduce(op: ReduceOp, program: FusedProgram, wg: u32) -> ShaderKey {
+    let dtype = program.out();
     let t = wgsl_type(dtype);
     let combine = match op {
         ReduceOp::Sum | ReduceOp::Mean => format!("add_{t}"),
@@ -267,15 +285,18 @@ pub fn reduce(op: ReduceOp, dtype: DType, wg: u32) -> ShaderKey {
         (ReduceOp::Mean, DType::I32) => "mean_i32(acc, p.n_red)",
         (ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min, _) => "acc",
     };
-    ShaderKey::new(
+    let mut key = ShaderKey::new(
         Shader::Reduce,
         &[
             ("T", t),
             ("WG", &wg.to_string()),
             ("COMBINE", &combine),
             ("FINISH", finish),
+            ("KEY", program.key_text()),
         ],
-    )
+    );
+    key.program = Some(Generated::Reduce(Arc::new(program)));
+    key
 }
 
 /// The bits of the identity of `op`'s fold on `dtype`.
@@ -295,9 +316,9 @@ pub fn layout(dtype: DType) -> ShaderKey {
     ShaderKey::new(Shader::Layout, &[("T", wgsl_type(dtype))])
 }
 
-/// The matmul kernel on `dtype`.
+/// The plain matmul kernel on `dtype`.
 pub fn matmul(dtype: DType) -> ShaderKey {
-    ShaderKey::new(Shader::MatMul, &[("T", wgsl_type(dtype))])
+    MatMulProgram::plain(dtype).shader_key()
 }
 
 /// Workgroup sizes the reduction is built with: small for short
@@ -315,10 +336,13 @@ pub fn all_variants() -> Vec<ShaderKey> {
             out.push(cast(d, to));
         }
         for &r in &ReduceOp::ALL {
-            out.extend(REDUCE_WGS.iter().map(|&wg| reduce(r, d, wg)));
+            for &wg in &REDUCE_WGS {
+                out.extend(prologue::identity(d).ok().map(|p| reduce(r, p, wg)));
+            }
         }
         out.push(layout(d));
         out.push(matmul(d));
+        out.push(MatMulProgram::plain(d).with_views(false).shader_key());
     }
     out.extend(fused_samples());
     out
@@ -326,8 +350,9 @@ pub fn all_variants() -> Vec<ShaderKey> {
 
 /// Two small fused programs, `exp(x) * y + 1` over operands of the
 /// output's shape (the flat form) and over broadcast ones (the strided
-/// form), each also in place into an operand of the output's type:
-/// representatives of `fused.wgsl` among [`all_variants`].
+/// form), each also in place into an operand of the output's type, as a
+/// reduction's prologue and as a matmul's epilogue: representatives of the
+/// generated kernels among [`all_variants`].
 fn fused_samples() -> Vec<ShaderKey> {
     use tensorgraph_core::{FusedExpr, Instr, Scalar, TensorType};
     let expr = Arc::new(FusedExpr {
@@ -357,6 +382,16 @@ fn fused_samples() -> Vec<ShaderKey> {
             keys.extend(p.clone().in_place(k).ok().map(FusedProgram::shader_key));
         }
         keys.push(p.shader_key());
+        // The same program as a sum's prologue, and as the epilogue of a
+        // [4, 3] x [3, 8] product (operand 0 the product, 1 the extra).
+        if let Ok(p) = FusedProgram::new(&expr, &ins, &out) {
+            keys.push(reduce(ReduceOp::Sum, p, REDUCE_WGS[0]));
+        }
+        let mm = [t(&[4, 3]), t(&[3, 8]), ins[1].clone()];
+        if let Ok(p) = MatMulProgram::epilogue(&expr, &mm, &out) {
+            keys.push(p.clone().with_views(false).shader_key());
+            keys.push(p.shader_key());
+        }
     }
     keys
 }

@@ -1,11 +1,13 @@
 //! CPU-only: every WGSL file, expanded for every dtype and op variant the
-//! backend builds, and generated fused kernels for a representative set of
-//! programs, parse and validate with naga, with no placeholder left.
+//! backend builds, and generated fused kernels, matmul epilogues and
+//! reduction prologues for a representative set of programs, parse and
+//! validate with naga, with no placeholder left.
 
 use std::sync::Arc;
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use tensorgraph_core::{BinaryOp, DType, FusedExpr, Instr, Scalar, TensorType, UnaryOp};
+use tensorgraph_core::{BinaryOp, DType, FusedExpr, Instr, ReduceOp, Scalar, TensorType, UnaryOp};
+use tensorgraph_wgpu::epilogue::MatMulProgram;
 use tensorgraph_wgpu::fused::FusedProgram;
 use tensorgraph_wgpu::shaders::{self, Shader};
 
@@ -336,4 +338,93 @@ fn in_place_needs_an_operand_of_the_output_type() {
         p.in_place(0).is_err(),
         "an i32 buffer cannot hold f32 in place"
     );
+}
+
+/// Every fused case as a matmul epilogue (operand 0 the product of a
+/// `[4, 3] x [3, 8]` matmul of operand 0's dtype, the rest 0 to 5 extra
+/// operands, whole, single or broadcast), with and without the `vec4`
+/// views: each validates, with one storage binding per operand it binds.
+#[test]
+fn every_epilogue_case_validates() {
+    let mut extras = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    for (name, expr, ins, out) in &fused_cases() {
+        let acc = ins.first().map_or(out.dtype, |t| t.dtype);
+        let mut kernel = vec![ty(acc, &[4, 3]), ty(acc, &[3, 8])];
+        kernel.extend(ins.iter().skip(1).cloned());
+        extras.insert(kernel.len() - 2);
+        let p =
+            MatMulProgram::epilogue(expr, &kernel, out).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for views in [true, false] {
+            let p = p.clone().with_views(views);
+            let storage = p.storage_buffers();
+            let key = p.shader_key();
+            keys.insert(key.clone());
+            let src = key.source().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let label = format!("{name} {kernel:?} views {views}: {}", key.label());
+            validate(&label, &src);
+            assert!(!src.contains("}}"), "{label}: stray braces");
+            assert_eq!(src.matches("var<storage").count(), storage, "{label}");
+            assert!(src.contains("c[o] = eval("), "{label}: no epilogue store");
+        }
+    }
+    assert_eq!(extras, (0..=5).collect(), "0 to 5 extra operands");
+    assert!(keys.len() >= 140, "{} epilogue keys", keys.len());
+    for d in [DType::F32, DType::I32] {
+        validate(
+            &format!("plain matmul {d}"),
+            &shaders::matmul(d).source().expect("expands"),
+        );
+    }
+}
+
+/// Every fused case as the prologue of each reduction, over the operand
+/// layouts of `fused_cases` (whole, single, broadcast, unused operands).
+#[test]
+fn every_prologue_case_validates() {
+    let mut keys = std::collections::HashSet::new();
+    for (name, expr, ins, out) in &fused_cases() {
+        for op in ReduceOp::ALL {
+            let p = FusedProgram::new(expr, ins, out).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let storage = p.storage_buffers();
+            for wg in shaders::REDUCE_WGS {
+                let key = shaders::reduce(op, p.clone(), wg);
+                keys.insert(key.clone());
+                let src = key.source().unwrap_or_else(|e| panic!("{name}: {e}"));
+                let label = format!("{name} {ins:?} {}: {}", op.name(), key.label());
+                validate(&label, &src);
+                assert!(!src.contains("}}"), "{label}: stray braces");
+                assert_eq!(src.matches("var<storage").count(), storage, "{label}");
+            }
+        }
+    }
+    assert!(keys.len() > 600, "{} prologue keys", keys.len());
+}
+
+#[test]
+fn malformed_epilogues_are_refused() {
+    use DType::{F32, I32};
+    let relu = program(&[
+        (Instr::Input(0), F32),
+        (Instr::Unary(UnaryOp::Relu, 0), F32),
+    ]);
+    let out = ty(F32, &[4, 8]);
+    let ab = [ty(F32, &[4, 3]), ty(F32, &[3, 8])];
+    assert!(MatMulProgram::epilogue(&relu, &ab, &out).is_ok());
+    let err = MatMulProgram::epilogue(&relu, &ab[..1], &out).expect_err("one operand");
+    assert!(err.contains("two matmul operands"), "{err}");
+    let err = MatMulProgram::epilogue(&relu, &[ty(F32, &[4, 3]), ty(I32, &[3, 8])], &out)
+        .expect_err("mixed dtypes");
+    assert!(err.contains("dtypes differ"), "{err}");
+    let add = program(&[
+        (Instr::Input(0), F32),
+        (Instr::Input(1), F32),
+        (Instr::Binary(BinaryOp::Add, 0, 1), F32),
+    ]);
+    let err = MatMulProgram::epilogue(&add, &ab, &out).expect_err("no extra operand");
+    assert!(err.contains("operand 1"), "{err}");
+    let mut bad = ab.to_vec();
+    bad.push(ty(F32, &[5]));
+    let err = MatMulProgram::epilogue(&add, &bad, &out).expect_err("does not broadcast");
+    assert!(err.contains("broadcast"), "{err}");
 }
