@@ -153,8 +153,9 @@ fn cpu_branch_and_gpu_branch_overlap_in_time() {
             .fold(0.0, f64::max);
         (start, end)
     };
-    let cpu =
-        span(&|e| e.kind == EventKind::Step && e.op == "matmul" && e.track.starts_with("cpu"));
+    let cpu = span(&|e| {
+        e.kind == EventKind::Step && e.op.starts_with("matmul") && e.track.starts_with("cpu")
+    });
     let gpu = span(&|e| e.kind == EventKind::Queue);
     let overlap = cpu.1.min(gpu.1) - cpu.0.max(gpu.0);
     assert!(

@@ -65,6 +65,7 @@ fn assert_same_values(got: &[Value], expected: &[Value], what: &str) {
 fn rewrites() -> PassOptions {
     PassOptions {
         fusion: false,
+        epilogues: false,
         ..PassOptions::default()
     }
 }

@@ -109,20 +109,30 @@ fn mlp_memory_is_as_planned_and_below_the_total() {
             "graph has {} nodes",
             m.g.node_count()
         );
-        let Some(plan) = compile_on(d, &m.g, &[&m.probs, &m.loss]) else {
+        // Node by node (15+ steps) and with every pass (fused, in place).
+        let Some(unfused) = compile_unfused(d, &m.g, &[&m.probs, &m.loss]) else {
             return;
         };
-        assert!(plan.steps().len() >= 15, "{} steps", plan.steps().len());
-        let feeds = mlp_feeds(1);
-        assert_memory_as_planned(d, &plan, &feeds, "mlp");
-        // Twice: a second run measures the same.
-        assert_memory_as_planned(d, &plan, &feeds, "mlp, second run");
-        let total: usize = plan.planned_memory().iter().map(|m| m.total_bytes).sum();
         assert!(
-            plan.planned_peak_bytes() < total,
-            "{d}: peak {} should be below the sum of all values {total}",
-            plan.planned_peak_bytes()
+            unfused.steps().len() >= 15,
+            "{} steps",
+            unfused.steps().len()
         );
+        let Some(fused) = compile_on(d, &m.g, &[&m.probs, &m.loss]) else {
+            return;
+        };
+        let feeds = mlp_feeds(1);
+        for (plan, what) in [(&unfused, "mlp node by node"), (&fused, "mlp with passes")] {
+            assert_memory_as_planned(d, plan, &feeds, what);
+            // Twice: a second run measures the same.
+            assert_memory_as_planned(d, plan, &feeds, what);
+            let total: usize = plan.planned_memory().iter().map(|m| m.total_bytes).sum();
+            assert!(
+                plan.planned_peak_bytes() < total,
+                "{d}: {what}: peak {} should be below the sum of all values {total}",
+                plan.planned_peak_bytes()
+            );
+        }
     });
 }
 

@@ -52,7 +52,7 @@ impl Default for PassOptions {
             simplify: true,
             dce: true,
             fusion: true,
-            epilogues: false,
+            epilogues: true,
         }
     }
 }
