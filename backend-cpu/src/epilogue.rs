@@ -7,6 +7,7 @@ use tensorgraph_core::{FusedExpr, TensorType, Value};
 use crate::element::{KResult, dispatch};
 use crate::fused;
 use crate::matmul::MatMul;
+use crate::pool::Alloc;
 
 /// `expr` over `[a x b, extra...]`: operand 0 of the program is the
 /// product, operand `j >= 1` is `extra[j - 1]`, broadcast to `out`.
@@ -14,6 +15,7 @@ pub(crate) fn matmul_epilogue(
     expr: &FusedExpr,
     out: &TensorType,
     inputs: &[&Value],
+    alloc: Alloc<'_>,
 ) -> KResult<Value> {
     let [a, b, extra @ ..] = inputs else {
         return Err(format!(
@@ -37,6 +39,6 @@ pub(crate) fn matmul_epilogue(
         let operands: Vec<&Value> = std::iter::once(&product)
             .chain(extra.iter().copied())
             .collect();
-        fused::fused(expr, out, &operands)
+        fused::fused_with(expr, out, &operands, alloc)
     }
 }

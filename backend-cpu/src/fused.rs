@@ -26,6 +26,7 @@ pub(crate) use self::donor::fused_into;
 use self::operand::{Bound, Operand, bind, gather, standard_copy};
 pub(crate) use self::prologue::{Prologue, reduce_prologue};
 use crate::element::{KResult, PAR_THRESHOLD};
+use crate::pool::{Alloc, Pooled};
 
 /// Elements per chunk: a few registers of this many elements fit in L1.
 const CHUNK: usize = 2048;
@@ -34,10 +35,20 @@ const MAX_TASK: usize = 64 * 1024;
 
 /// Evaluates `expr` over `inputs` (each broadcasting to `out`'s shape).
 pub(crate) fn fused(expr: &FusedExpr, out: &TensorType, inputs: &[&Value]) -> KResult<Value> {
+    fused_with(expr, out, inputs, Alloc::NONE)
+}
+
+/// [`fused`], its output storage from `alloc` (a pool, when it has some).
+pub(crate) fn fused_with(
+    expr: &FusedExpr,
+    out: &TensorType,
+    inputs: &[&Value],
+    alloc: Alloc<'_>,
+) -> KResult<Value> {
     let inputs: Vec<Option<&Value>> = inputs.iter().copied().map(Some).collect();
     with_program(expr, out, &inputs, |program| match out.dtype {
-        DType::F32 => program.run::<f32>().map(Value::F32),
-        DType::I32 => program.run::<i32>().map(Value::I32),
+        DType::F32 => program.run::<f32>(alloc).map(Value::F32),
+        DType::I32 => program.run::<i32>(alloc).map(Value::I32),
     })
 }
 
@@ -342,14 +353,17 @@ impl<'a> Program<'a> {
     }
 
     /// Runs the program over the whole output.
-    fn run<R: Lane>(&self) -> KResult<ArrayD<R>> {
+    fn run<R: Lane + Pooled>(&self, alloc: Alloc<'_>) -> KResult<ArrayD<R>> {
         let n: usize = self.dims.iter().product();
+        // Storage of a freed buffer of the same size class, when the pool
+        // keeps one: its pages are already faulted in. Otherwise
         // `vec![0; n]` is one `calloc`: a large output comes as fresh,
         // lazily zeroed pages, so no thread zeroes it up front and each
         // page is faulted in by the rayon worker that first writes it.
         // Those faults (the kernel clearing each page) are most of the
         // remaining cost of a large fused kernel; see `fused_throughput`.
-        let mut out = vec![R::default(); n];
+        // Every element is overwritten below, so old contents never show.
+        let mut out = alloc.vec::<R>(n);
         self.run_into(&mut out)?;
         ArrayD::from_shape_vec(IxDyn(&self.dims), out).map_err(|e| e.to_string())
     }

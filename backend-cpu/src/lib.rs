@@ -16,6 +16,9 @@ mod inplace;
 mod inplace_tests;
 mod layout;
 mod matmul;
+mod pool;
+#[cfg(test)]
+mod pool_tests;
 mod reduce;
 mod store;
 #[cfg(test)]
@@ -30,6 +33,7 @@ use tensorgraph_core::{
 };
 
 use crate::element::{KResult, dispatch};
+use crate::pool::Alloc;
 use crate::store::{Held, Store};
 
 /// The CPU backend: a rayon pool and a table of host buffers.
@@ -69,6 +73,17 @@ impl CpuBackend {
             pool: pool.ok(),
             store: Store::default(),
         }
+    }
+
+    /// Kernel outputs whose storage came from the backend's pool of freed
+    /// buffers (not its thread pool), since it was made.
+    pub fn pool_hits(&self) -> u64 {
+        self.store.pool().hits()
+    }
+
+    /// Bytes of freed storage the backend keeps for reuse now.
+    pub fn pooled_bytes(&self) -> usize {
+        self.store.pool().bytes()
     }
 
     /// Threads in the backend's pool.
@@ -129,7 +144,11 @@ impl CpuBackend {
             | Op::ReducePrologue { .. } => {
                 let inputs = self.operands(step, env)?;
                 let refs: Vec<&Value> = inputs.iter().map(|v| &**v).collect();
-                Some(compute(&step.kernel, &refs).map_err(fail)?)
+                let alloc = Alloc {
+                    pool: Some(self.store.pool()),
+                    what: &step.name,
+                };
+                Some(compute_with(&step.kernel, &refs, alloc).map_err(fail)?)
             }
             Op::Custom(custom) => {
                 let inputs = self.operands(step, env)?;
@@ -208,15 +227,27 @@ fn check_outputs(outputs: &[Value], declared: &[TensorType]) -> KResult<()> {
     Ok(())
 }
 
-/// Computes one non-source kernel. The op match is exhaustive: a new op
-/// fails to compile here until it has a kernel.
+/// [`compute_with`] without a pool: every output freshly allocated.
+#[cfg(test)]
 fn compute(kernel: &Kernel, inputs: &[&Value]) -> KResult<Vec<Value>> {
+    compute_with(kernel, inputs, Alloc::NONE)
+}
+
+/// Computes one non-source kernel, fused outputs taking their storage
+/// from `alloc`. The op match is exhaustive: a new op fails to compile
+/// here until it has a kernel.
+fn compute_with(kernel: &Kernel, inputs: &[&Value], alloc: Alloc<'_>) -> KResult<Vec<Value>> {
     let out_ty = || kernel.outputs.first().ok_or("kernel has no output type");
     match &kernel.op {
         Op::Input { .. } | Op::Constant(_) => Err("sources are uploaded, not computed".into()),
         Op::Custom(_) | Op::Transfer { .. } => Err("not a kernel".into()),
-        Op::Fused(expr) => Ok(vec![fused::fused(expr, out_ty()?, inputs)?]),
-        Op::MatMulEpilogue(expr) => Ok(vec![epilogue::matmul_epilogue(expr, out_ty()?, inputs)?]),
+        Op::Fused(expr) => Ok(vec![fused::fused_with(expr, out_ty()?, inputs, alloc)?]),
+        Op::MatMulEpilogue(expr) => Ok(vec![epilogue::matmul_epilogue(
+            expr,
+            out_ty()?,
+            inputs,
+            alloc,
+        )?]),
         Op::ReducePrologue {
             expr,
             shape,

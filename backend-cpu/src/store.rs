@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tensorgraph_core::{BufferId, Env, Error, Meter, Result, Value, ValueId};
 
+use crate::pool::Pool;
+
 /// What a buffer holds.
 #[derive(Debug)]
 enum Data {
@@ -57,6 +59,8 @@ impl Deref for Held<'_> {
 pub(crate) struct Store {
     buffers: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
+    /// Storage of freed buffers, for reuse.
+    pool: Pool,
 }
 
 fn missing(buffer: BufferId) -> Error {
@@ -152,8 +156,13 @@ impl Store {
             .remove(&buffer.0)
             .ok_or_else(|| missing(buffer))?;
         meter.free(entry.bytes);
-        // `entry` (maybe the last reference to a large array) drops here,
-        // after the lock is released.
+        // An unshared value's storage goes to the pool (or, when the pool
+        // is full, drops here, after the lock is released).
+        if let Data::Owned(v) = entry.data
+            && let Ok(value) = Arc::try_unwrap(v)
+        {
+            self.pool.put(value);
+        }
         Ok(())
     }
 
@@ -204,6 +213,11 @@ impl Store {
         let entry = map.get_mut(&buffer.0).ok_or_else(|| missing(buffer))?;
         entry.data = Data::Owned(value);
         Ok(())
+    }
+
+    /// The pool of freed storage.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Buffers alive now.
