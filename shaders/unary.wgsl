@@ -1,13 +1,15 @@
-// unary.wgsl: one-operand elementwise ops, y[i] = {{EXPR}} of x[i].
+// unary.wgsl: one-operand elementwise ops and dtype conversions,
+// y[i] = {{EXPR}} of x[i].
 //
 // Bindings (group 0):
-//   0  x: array<{{T}}>           read-only storage, the operand
-//   1  y: array<{{T}}>           read_write storage, the result
+//   0  x: array<{{SRC}}>         read-only storage, the operand
+//   1  y: array<{{DST}}>         read_write storage, the result
 //   2  p: Params                 uniform
 // struct Params { n: u32 (elements), _pad0, _pad1, _pad2 }
 //
-// Template: {{T}} element type (f32 | i32); {{EXPR}} an expression of `v`
-// over the helpers of math.wgsl (spliced in at the HELPERS placeholder).
+// Template: {{SRC}}, {{DST}} element types (f32 | i32; equal for unary
+// ops, different for casts); {{EXPR}} an expression of `v` over the
+// helpers of math.wgsl (spliced in at the HELPERS placeholder).
 // Dispatch: ceil(n / 256) workgroups, folded into y past the per-dimension cap.
 
 struct Params {
@@ -17,13 +19,13 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<{{T}}>;
-@group(0) @binding(1) var<storage, read_write> y: array<{{T}}>;
+@group(0) @binding(0) var<storage, read> x: array<{{SRC}}>;
+@group(0) @binding(1) var<storage, read_write> y: array<{{DST}}>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 {{HELPERS}}
 
-fn op(v: {{T}}) -> {{T}} {
+fn op(v: {{SRC}}) -> {{DST}} {
     return {{EXPR}};
 }
 

@@ -22,12 +22,10 @@ pub const HELPERS: &str = include_str!("../../shaders/math.wgsl");
 /// One WGSL file of `shaders/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Shader {
-    /// One-operand elementwise ops.
+    /// One-operand elementwise ops and dtype conversions.
     Unary,
     /// Two-operand elementwise ops with broadcasting.
     Binary,
-    /// Dtype conversion.
-    Cast,
     /// Workgroup tree reductions.
     Reduce,
     /// Strided copies: permute, broadcast, slice, concat, split.
@@ -40,10 +38,9 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader file.
-    pub const ALL: [Shader; 7] = [
+    pub const ALL: [Shader; 6] = [
         Shader::Unary,
         Shader::Binary,
-        Shader::Cast,
         Shader::Reduce,
         Shader::Layout,
         Shader::MatMul,
@@ -55,7 +52,6 @@ impl Shader {
         match self {
             Shader::Unary => "unary.wgsl",
             Shader::Binary => "binary.wgsl",
-            Shader::Cast => "cast.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::Layout => "layout.wgsl",
             Shader::MatMul => "matmul.wgsl",
@@ -68,7 +64,6 @@ impl Shader {
         match self {
             Shader::Unary => include_str!("../../shaders/unary.wgsl"),
             Shader::Binary => include_str!("../../shaders/binary.wgsl"),
-            Shader::Cast => include_str!("../../shaders/cast.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Layout => include_str!("../../shaders/layout.wgsl"),
             Shader::MatMul => include_str!("../../shaders/matmul.wgsl"),
@@ -218,9 +213,10 @@ pub const fn unary_expr(op: UnaryOp, dtype: DType) -> Option<&'static str> {
 /// The unary kernel for `op` on `dtype`; `None` where the op is undefined.
 pub fn unary(op: UnaryOp, dtype: DType) -> Option<ShaderKey> {
     let expr = unary_expr(op, dtype)?;
+    let t = wgsl_type(dtype);
     Some(ShaderKey::new(
         Shader::Unary,
-        &[("T", wgsl_type(dtype)), ("EXPR", expr)],
+        &[("SRC", t), ("DST", t), ("EXPR", expr)],
     ))
 }
 
@@ -256,11 +252,12 @@ pub const fn cast_expr(from: DType, to: DType) -> &'static str {
     }
 }
 
-/// The conversion kernel from `from` to `to`.
+/// The conversion kernel from `from` to `to`: the unary frame with two
+/// element types.
 pub fn cast(from: DType, to: DType) -> ShaderKey {
     let expr = cast_expr(from, to);
     ShaderKey::new(
-        Shader::Cast,
+        Shader::Unary,
         &[
             ("SRC", wgsl_type(from)),
             ("DST", wgsl_type(to)),
