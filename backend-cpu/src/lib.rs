@@ -165,7 +165,7 @@ impl CpuBackend {
                 env.set(v, self.store.insert(Arc::new(out), meter))?;
             }
         }
-        release_after(self, step, env, meter)
+        release_after(self, step, env)
     }
 
     /// The values bound to a step's operands.

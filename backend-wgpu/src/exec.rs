@@ -32,7 +32,7 @@ impl WgpuBackend {
             trace_run(step);
             result = self
                 .record_step(&mut rec, step, env, segment.meter)
-                .and_then(|()| release_after(self, step, env, segment.meter));
+                .and_then(|()| release_after(self, step, env));
             if result.is_err() {
                 break;
             }

@@ -136,8 +136,8 @@ pub struct Env<'a> {
     /// Readers of each value still to run; a value is freed when it drops
     /// to zero. Requested outputs start out of reach of zero.
     readers_left: Vec<AtomicU32>,
-    /// The backend index holding each value.
-    owner: Vec<usize>,
+    /// The backend index holding each value (the plan's).
+    owner: &'a [usize],
     backends: &'a [Arc<dyn Backend>],
     meters: &'a [Meter],
     pub(crate) recorder: Option<&'a Recorder>,
@@ -174,11 +174,7 @@ impl<'a> Env<'a> {
             slots: (0..values).map(|_| AtomicU64::new(EMPTY)).collect(),
             feeds,
             readers_left,
-            owner: plan
-                .producer
-                .iter()
-                .map(|p| p.map_or(0, |s| plan.steps[s].device))
-                .collect(),
+            owner: &plan.value_device,
             backends: &plan.backends,
             meters,
             recorder,
@@ -284,12 +280,7 @@ pub fn trace_run(step: &Step) {
 /// different tasks run concurrently; in a sequential run they happen
 /// exactly at the plan's [`Step::free_after`] points. When the run records
 /// a timeline, this also closes the step's slice (opened by [`trace_run`]).
-pub fn release_after(
-    backend: &dyn Backend,
-    step: &Step,
-    env: &Env<'_>,
-    _meter: &Meter,
-) -> Result<()> {
+pub fn release_after(backend: &dyn Backend, step: &Step, env: &Env<'_>) -> Result<()> {
     if let Some(rec) = env.recorder {
         let track = timeline::track(backend.device().name());
         rec.step_done(&step.name, step.kernel.op.name(), track);

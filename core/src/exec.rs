@@ -161,7 +161,7 @@ impl Plan {
             let id = to.upload(&host, &meters[step.device])?;
             env.set(to_v, id)?;
         }
-        release_after(to.as_ref(), step, env, &meters[step.device])
+        release_after(to.as_ref(), step, env)
     }
 
     /// Runs tasks on one thread per backend lane plus threads for custom
@@ -303,7 +303,7 @@ impl Plan {
     }
 
     pub(crate) fn device_of(&self, v: ValueId) -> usize {
-        self.producer[v.0].map_or(0, |s| self.steps[s].device)
+        self.value_device[v.0]
     }
 
     /// Matches feeds to the plan's inputs by name, checking type and shape.

@@ -139,6 +139,8 @@ pub struct Plan {
     pub(crate) producer: Vec<Option<usize>>,
     /// How many steps read each value (each step counted once).
     pub(crate) readers: Vec<u32>,
+    /// The backend index holding each value.
+    pub(crate) value_device: Vec<usize>,
     pub(crate) memory: Vec<MemoryPlan>,
     /// Set when the plan keeps persisted values across runs.
     pub(crate) persist: Option<Box<persist::Persist>>,
@@ -411,6 +413,10 @@ pub(crate) fn finish(
             }
         }
     }
+    let value_device = producer
+        .iter()
+        .map(|p| p.map_or(0, |s: usize| steps[s].device))
+        .collect();
     Ok(Plan {
         steps,
         types,
@@ -421,6 +427,7 @@ pub(crate) fn finish(
         tasks,
         producer,
         readers,
+        value_device,
         memory,
         persist: None,
     })
