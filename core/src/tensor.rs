@@ -5,11 +5,10 @@
 //! same code and panic with the same message on bad input, as ndarray's do.
 
 use std::ops;
-use std::sync::Arc;
 
 use crate::graph::{Port, first};
 use crate::op::{self, BinaryOp, LayoutOp, Op, ReduceOp, SplitSpec, UnaryOp};
-use crate::{DType, Device, Graph, NodeId, Result, Shape, TensorType, Value};
+use crate::{DType, Device, Graph, NodeId, Result, Shape, TensorType};
 
 /// One output of one node of a [`Graph`], with its static type.
 #[derive(Debug, Clone)]
@@ -419,7 +418,17 @@ impl Tensor {
     #[track_caller]
     pub fn softmax(&self, axis: isize) -> Result<Tensor> {
         if !self.dtype().is_float() {
-            return self.unary(UnaryOp::Exp);
+            return self
+                .graph
+                .push("softmax", &[self], |ctx, t| {
+                    Err(crate::Error::UnsupportedDType {
+                        ctx: Box::new(ctx.clone()),
+                        dtype: t[0].dtype,
+                        shape: t[0].shape.clone(),
+                        hint: "; cast to f32 first",
+                    })
+                })
+                .map(first);
         }
         let m = self.max(&[axis], true)?;
         let e = self.sub(&m)?.exp()?;
@@ -427,25 +436,10 @@ impl Tensor {
         e.div(&s)
     }
 
-    /// A constant node holding `value` in this tensor's graph.
-    #[track_caller]
-    pub fn constant_like(&self, value: impl Into<Value>) -> Tensor {
-        self.graph.constant(value)
-    }
-
     /// The op of the producing node.
     pub fn op(&self) -> Option<Op> {
         let g = self.graph.lock();
         g.dag.node_weight(self.port.node.0).map(|n| n.op.clone())
-    }
-
-    /// Reference-counted identity for hashing into maps (node and output).
-    pub fn key(&self) -> (usize, usize, usize) {
-        (
-            Arc::as_ptr(&self.graph.inner) as usize,
-            self.port.node.index(),
-            self.port.output,
-        )
     }
 }
 
