@@ -13,13 +13,14 @@ use crate::element::{Element, KResult, PAR_THRESHOLD, TypedKernel};
 /// Items per rayon task in flat loops, so splitting stays coarse.
 const MIN_CHUNK: usize = 8 * 1024;
 
-/// `f` over every element of `a`, in parallel when large.
-fn map_unary<T: Element>(
-    a: &ArrayViewD<'_, T>,
-    f: impl Fn(T) -> T + Sync + Send,
-) -> KResult<ArrayD<T>> {
+/// `f` over every element of `a` (possibly changing the element type),
+/// in parallel when large.
+fn map_unary<A: Element, B: Element>(
+    a: &ArrayViewD<'_, A>,
+    f: impl Fn(A) -> B + Sync + Send,
+) -> KResult<ArrayD<B>> {
     if let Some(s) = a.as_slice() {
-        let out: Vec<T> = if s.len() >= PAR_THRESHOLD {
+        let out: Vec<B> = if s.len() >= PAR_THRESHOLD {
             s.par_iter()
                 .with_min_len(MIN_CHUNK)
                 .map(|&x| f(x))
@@ -167,25 +168,7 @@ pub(crate) fn cast(v: &Value, to: DType) -> KResult<Value> {
     Ok(match (v, to) {
         (Value::F32(a), DType::F32) => Value::F32(a.clone()),
         (Value::I32(a), DType::I32) => Value::I32(a.clone()),
-        (Value::F32(a), DType::I32) => Value::I32(map_cast(&a.view(), |x| x as i32)?),
-        (Value::I32(a), DType::F32) => Value::F32(map_cast(&a.view(), |x| x as f32)?),
+        (Value::F32(a), DType::I32) => Value::I32(map_unary(&a.view(), |x| x as i32)?),
+        (Value::I32(a), DType::F32) => Value::F32(map_unary(&a.view(), |x| x as f32)?),
     })
-}
-
-fn map_cast<A: Element, B: Element>(
-    a: &ArrayViewD<'_, A>,
-    f: impl Fn(A) -> B + Sync + Send,
-) -> KResult<ArrayD<B>> {
-    if let Some(s) = a.as_slice() {
-        let out: Vec<B> = if s.len() >= PAR_THRESHOLD {
-            s.par_iter()
-                .with_min_len(MIN_CHUNK)
-                .map(|&x| f(x))
-                .collect()
-        } else {
-            s.iter().map(|&x| f(x)).collect()
-        };
-        return ArrayD::from_shape_vec(a.raw_dim(), out).map_err(|e| e.to_string());
-    }
-    Ok(a.map(|&x| f(x)))
 }
