@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use tensorgraph_core::backend::{release_after, trace_run};
 use tensorgraph_core::{
-    Backend, BufferId, DType, Device, Env, Error, Kernel, Meter, Op, Result, Segment, Step,
-    TensorType, Value,
+    Backend, BufferId, Device, Env, Error, Kernel, Meter, Op, Result, Segment, Step, TensorType,
+    Value,
 };
 
 use crate::element::{KResult, dispatch};
@@ -297,14 +297,6 @@ fn compute_with(kernel: &Kernel, inputs: &[&Value], alloc: Alloc<'_>) -> KResult
 }
 
 /// An uninitialised buffer is zeros: cheap, and never undefined.
-fn zeros(ty: &TensorType) -> Value {
-    let dims = ndarray::IxDyn(ty.shape.dims());
-    match ty.dtype {
-        DType::F32 => Value::F32(ndarray::ArrayD::zeros(dims)),
-        DType::I32 => Value::I32(ndarray::ArrayD::zeros(dims)),
-    }
-}
-
 impl Backend for CpuBackend {
     fn name(&self) -> &str {
         "cpu"
@@ -319,7 +311,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, ty: &TensorType, meter: &Meter) -> Result<BufferId> {
-        Ok(self.store.insert(Arc::new(zeros(ty)), meter))
+        Ok(self.store.insert(Arc::new(Value::zeros(ty)), meter))
     }
 
     fn free(&self, buffer: BufferId, meter: &Meter) -> Result<()> {
@@ -336,6 +328,15 @@ impl Backend for CpuBackend {
 
     fn take(&self, buffer: BufferId, meter: &Meter) -> Result<Value> {
         self.store.take(buffer, meter)
+    }
+
+    /// The slot's storage goes to the pool, where this run's kernels draw
+    /// their outputs from; the default `take_into` then moves the result
+    /// into the slot without a copy.
+    fn recycle(&self, slot: &mut Value) -> bool {
+        let old = std::mem::replace(slot, Value::empty(slot.dtype()));
+        self.store.pool().put(old);
+        true
     }
 
     fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, mpsc};
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use tensorgraph_core::backend::{Env, Meter, Segment};
 use tensorgraph_core::{
     Backend, BufferId, DType, Device, FusedExpr, Kernel, Op, Result, Shape, TensorType, Value,
@@ -186,64 +186,88 @@ impl WgpuBackend {
     }
 
     /// Copies a buffer to the host: a staging copy, one submit, a map and
-    /// a blocking poll.
-    fn read_back(&self, id: BufferId) -> std::result::Result<Value, String> {
+    /// a blocking poll; `land` gets the buffer's type and bytes while they
+    /// are mapped.
+    fn read_back<R>(
+        &self,
+        id: BufferId,
+        land: impl FnOnce(&TensorType, &[u8]) -> std::result::Result<R, String>,
+    ) -> std::result::Result<R, String> {
         let slot = self.pool.get(id)?;
         let ty = slot.ty;
         let bytes = ty.bytes() as u64;
-        let data = if bytes == 0 {
-            Vec::new()
-        } else {
-            let device = &self.gpu.device;
-            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("tensorgraph download"),
-                size: bytes.next_multiple_of(4),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("tensorgraph download"),
-            });
-            encoder.copy_buffer_to_buffer(&slot.buffer, 0, &staging, 0, bytes.next_multiple_of(4));
-            self.gpu.queue.submit([encoder.finish()]);
-            let (tx, rx) = mpsc::channel();
-            staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                // The receiver outlives the poll below; a failed send only
-                // means the caller already gave up.
-                let _ = tx.send(r);
-            });
-            device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| format!("waiting for the GPU failed: {e}"))?;
-            if let Some(e) = pollster::block_on(scope.pop()) {
-                return Err(format!("download failed: {e}"));
-            }
-            rx.recv()
-                .map_err(|_| "buffer mapping was abandoned".to_string())?
-                .map_err(|e| format!("mapping the download buffer failed: {e}"))?;
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| format!("reading the mapped buffer failed: {e}"))?;
-            let data = view[..bytes as usize].to_vec();
-            drop(view);
-            staging.unmap();
-            data
-        };
-        let words = data.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
-        let shape = IxDyn(ty.shape.dims());
-        let bad = |e: ndarray::ShapeError| format!("downloaded data does not fit {ty}: {e}");
-        Ok(match ty.dtype {
-            DType::F32 => Value::F32(
-                ArrayD::from_shape_vec(shape, words.map(f32::from_le_bytes).collect())
-                    .map_err(bad)?,
-            ),
-            DType::I32 => Value::I32(
-                ArrayD::from_shape_vec(shape, words.map(i32::from_le_bytes).collect())
-                    .map_err(bad)?,
-            ),
-        })
+        if bytes == 0 {
+            return land(&ty, &[]);
+        }
+        let device = &self.gpu.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tensorgraph download"),
+            size: bytes.next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("tensorgraph download"),
+        });
+        encoder.copy_buffer_to_buffer(&slot.buffer, 0, &staging, 0, bytes.next_multiple_of(4));
+        self.gpu.queue.submit([encoder.finish()]);
+        let (tx, rx) = mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            // The receiver outlives the poll below; a failed send only
+            // means the caller already gave up.
+            let _ = tx.send(r);
+        });
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| format!("waiting for the GPU failed: {e}"))?;
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(format!("download failed: {e}"));
+        }
+        rx.recv()
+            .map_err(|_| "buffer mapping was abandoned".to_string())?
+            .map_err(|e| format!("mapping the download buffer failed: {e}"))?;
+        let view = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| format!("reading the mapped buffer failed: {e}"))?;
+        let landed = land(&ty, &view[..bytes as usize]);
+        drop(view);
+        staging.unmap();
+        landed
+    }
+}
+
+/// A new host value of type `ty` holding `bytes` (little-endian elements).
+fn value_from_bytes(ty: &TensorType, bytes: &[u8]) -> std::result::Result<Value, String> {
+    let mut value = Value::zeros(ty);
+    write_bytes(&mut value, bytes)?;
+    Ok(value)
+}
+
+/// Copies `bytes` into `dst`'s elements, in logical order.
+fn write_bytes(dst: &mut Value, bytes: &[u8]) -> std::result::Result<(), String> {
+    fn copy<T: bytemuck::Pod>(a: &mut ArrayD<T>, bytes: &[u8]) -> std::result::Result<(), String> {
+        if a.len() * size_of::<T>() != bytes.len() {
+            return Err(format!(
+                "{} bytes downloaded for {} elements",
+                bytes.len(),
+                a.len()
+            ));
+        }
+        match a.as_slice_mut() {
+            // The mapped range may not be aligned for `T`: copy as bytes.
+            Some(s) => bytemuck::cast_slice_mut::<T, u8>(s).copy_from_slice(bytes),
+            None => a
+                .iter_mut()
+                .zip(bytes.chunks_exact(size_of::<T>()))
+                .for_each(|(x, b)| *x = bytemuck::pod_read_unaligned(b)),
+        }
+        Ok(())
+    }
+    match dst {
+        Value::F32(a) => copy(a, bytes),
+        Value::I32(a) => copy(a, bytes),
     }
 }
 
@@ -309,8 +333,21 @@ impl Backend for WgpuBackend {
     }
 
     fn download(&self, buffer: BufferId) -> Result<Value> {
-        self.read_back(buffer)
+        self.read_back(buffer, value_from_bytes)
             .map_err(|m| self.error("download", m))
+    }
+
+    fn take_into(&self, buffer: BufferId, meter: &Meter, dst: &mut Value) -> Result<()> {
+        let landed = self.read_back(buffer, |ty, bytes| {
+            if dst.ty() == *ty {
+                write_bytes(dst, bytes)
+            } else {
+                *dst = value_from_bytes(ty, bytes)?;
+                Ok(())
+            }
+        });
+        self.free(buffer, meter)?;
+        landed.map_err(|m| self.error("download", m))
     }
 
     fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {

@@ -61,6 +61,26 @@ pub trait Backend: Send + Sync {
         value
     }
 
+    /// Offered the host storage of a caller's output slot before a
+    /// [`Plan::run_into`] computes that output here. A backend that
+    /// builds its results in host memory may take the storage for reuse
+    /// (leaving an empty array of the same dtype) and return `true`;
+    /// [`Backend::take_into`] then refills the slot. The default keeps
+    /// the slot as it is, for `take_into` to write into.
+    fn recycle(&self, slot: &mut Value) -> bool {
+        let _ = slot;
+        false
+    }
+
+    /// [`Backend::take`] into `dst`: afterwards `dst` holds the buffer's
+    /// value. A backend that copies to the host writes into `dst`'s
+    /// storage when it has the buffer's type and a standard layout. The
+    /// buffer is released even when the copy fails.
+    fn take_into(&self, buffer: BufferId, meter: &Meter, dst: &mut Value) -> Result<()> {
+        *dst = self.take(buffer, meter)?;
+        Ok(())
+    }
+
     /// Runs a segment: each step in order, binding operands from `env`,
     /// storing results into `env`, and releasing each step's
     /// [`Step::free_after`] buffers right after it (see [`release_after`]).

@@ -249,6 +249,26 @@ pub enum Error {
         /// Fed type.
         found: TensorType,
     },
+    /// `run_into` got another number of output slots than outputs.
+    #[error("run_into: {found} output slots for {expected} requested outputs")]
+    OutputCount {
+        /// Requested outputs.
+        expected: usize,
+        /// Slots given.
+        found: usize,
+    },
+    /// A `run_into` slot's type differs from its output's.
+    #[error("run_into: output {index} (node `{node}`) is {expected}, its slot holds {found}")]
+    OutputMismatch {
+        /// The output's position in the request.
+        index: usize,
+        /// The node computing it.
+        node: String,
+        /// The output's type.
+        expected: TensorType,
+        /// The slot's type.
+        found: TensorType,
+    },
     /// A value holds another dtype than the caller asked for.
     #[error("value holds {found}, not {expected}")]
     ValueDType {

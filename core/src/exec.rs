@@ -12,7 +12,7 @@ use crate::backend::{Env, Meter, Segment, release_after, trace_run};
 use crate::plan::{Plan, Step, ValueId};
 use crate::schedule::{Task, TaskKind};
 use crate::timeline::{EventKind, Recorder, Timeline};
-use crate::{Device, Error, Result, Value};
+use crate::{Device, Error, Result, TensorType, Value};
 
 /// What one run measured, per backend (same order as [`Plan::backends`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,43 +38,111 @@ impl Plan {
     /// Runs the plan on `feeds` (input name and value) and returns the
     /// requested outputs in the order they were requested.
     pub fn run(&self, feeds: &[(&str, Value)]) -> Result<Vec<Value>> {
-        self.run_inner(feeds, None).map(|(out, _)| out)
+        self.run_inner(feeds, None, &mut []).map(|(out, _)| out)
     }
 
     /// [`Plan::run`], also returning the memory the run really used.
     pub fn run_with_stats(&self, feeds: &[(&str, Value)]) -> Result<(Vec<Value>, RunStats)> {
-        self.run_inner(feeds, None)
+        self.run_inner(feeds, None, &mut [])
     }
 
     /// [`Plan::run`], also returning a timeline of the run: one slice per
     /// step, a mark per free, a slice per transfer and download.
     pub fn run_traced(&self, feeds: &[(&str, Value)]) -> Result<(Vec<Value>, Timeline)> {
         let recorder = Recorder::new();
-        let (out, _) = self.run_inner(feeds, Some(&recorder))?;
+        let (out, _) = self.run_inner(feeds, Some(&recorder), &mut [])?;
         Ok((out, recorder.finish()))
     }
 
+    /// [`Plan::run`], writing the outputs into `outputs`: one slot per
+    /// requested output, each of that output's dtype and shape (the
+    /// previous run's results, say). Each slot's storage is reused: a GPU
+    /// output is copied straight into it; a CPU output's storage is handed
+    /// to the CPU backend first, which builds this run's values in it. So
+    /// a loop of `run_into` allocates no fresh output memory (and takes no
+    /// page faults on it) once warm.
+    ///
+    /// A slot count or type that differs from the outputs' is an error
+    /// before anything runs. When the run itself fails, every slot still
+    /// holds a value of its output's type, its contents unspecified.
+    pub fn run_into(&self, feeds: &[(&str, Value)], outputs: &mut [Value]) -> Result<()> {
+        self.check_slots(outputs)?;
+        let mut lent = vec![false; outputs.len()];
+        let requested = self.outputs();
+        for (i, &v) in requested.iter().enumerate() {
+            if !requested[..i].contains(&v) {
+                lent[i] = self.backends[self.device_of(v)].recycle(&mut outputs[i]);
+            }
+        }
+        let result = self.run_inner(feeds, None, outputs);
+        if result.is_err() {
+            for (slot, ty) in outputs.iter_mut().zip(self.output_types()) {
+                if slot.ty() != ty {
+                    *slot = Value::zeros(&ty);
+                }
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// The type of each requested output, in order.
+    fn output_types(&self) -> impl Iterator<Item = TensorType> + '_ {
+        self.outputs().iter().map(|v| self.types[v.0].clone())
+    }
+
+    /// `run_into`'s slots must match the outputs one for one.
+    fn check_slots(&self, outputs: &[Value]) -> Result<()> {
+        if outputs.len() != self.outputs().len() {
+            return Err(Error::OutputCount {
+                expected: self.outputs().len(),
+                found: outputs.len(),
+            });
+        }
+        for (index, (slot, expected)) in outputs.iter().zip(self.output_types()).enumerate() {
+            let found = slot.ty();
+            if found != expected {
+                let v = self.outputs()[index];
+                let node = self.producer[v.0]
+                    .map_or_else(|| v.to_string(), |s| self.steps[s].name.clone());
+                return Err(Error::OutputMismatch {
+                    index,
+                    node,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the plan; outputs with a slot in `sink` are written there, the
+    /// rest returned in order.
     fn run_inner(
         &self,
         feeds: &[(&str, Value)],
         recorder: Option<&Recorder>,
+        sink: &mut [Value],
     ) -> Result<(Vec<Value>, RunStats)> {
+        let feeds: Vec<(&str, &Value)> = feeds.iter().map(|(n, v)| (*n, v)).collect();
         match &self.persist {
-            Some(persist) => persist.run(self, feeds, recorder),
-            None => self.run_plain(feeds, recorder),
+            Some(persist) => persist.run(self, &feeds, recorder, sink),
+            None => self.run_plain(&feeds, recorder, sink),
         }
     }
 
     /// One run of exactly this plan's steps.
     pub(crate) fn run_plain(
         &self,
-        feeds: &[(&str, Value)],
+        feeds: &[(&str, &Value)],
         recorder: Option<&Recorder>,
+        sink: &mut [Value],
     ) -> Result<(Vec<Value>, RunStats)> {
         let bound = self.bind_feeds(feeds)?;
         let meters: Vec<Meter> = self.backends.iter().map(|_| Meter::default()).collect();
         let env = Env::new(self, bound, &meters, recorder);
-        let result = self.execute(&env, &meters);
+        let result = self
+            .execute(&env, &meters)
+            .and_then(|()| self.download(&env, &meters, sink));
         if result.is_err() {
             self.release_all(&env, &meters);
         }
@@ -86,7 +154,7 @@ impl Plan {
         Ok((outputs, stats))
     }
 
-    fn execute(&self, env: &Env<'_>, meters: &[Meter]) -> Result<Vec<Value>> {
+    fn execute(&self, env: &Env<'_>, meters: &[Meter]) -> Result<()> {
         if self.tasks.len() <= 1 || self.sequential() {
             for (t, task) in self.tasks.iter().enumerate() {
                 if env.recorder.is_some() {
@@ -100,7 +168,7 @@ impl Plan {
         } else {
             self.run_concurrent(env, meters)?;
         }
-        self.download(env, meters)
+        Ok(())
     }
 
     /// True when nothing could overlap: one backend, no custom ops.
@@ -253,11 +321,25 @@ impl Plan {
         }
     }
 
-    /// Moves each requested value to the host once, freeing its buffer.
-    fn download(&self, env: &Env<'_>, meters: &[Meter]) -> Result<Vec<Value>> {
-        let mut downloaded: HashMap<usize, Value> = HashMap::new();
-        for &v in &self.outputs {
-            if downloaded.contains_key(&v.0) {
+    /// Moves each requested value to the host once, freeing its buffer:
+    /// into its slot of `sink` where it has one, else into the returned
+    /// list (outputs past `sink`, in order). A value requested twice is
+    /// taken once and copied.
+    fn download(&self, env: &Env<'_>, meters: &[Meter], sink: &mut [Value]) -> Result<Vec<Value>> {
+        let mut rest: Vec<Value> =
+            Vec::with_capacity(self.outputs.len().saturating_sub(sink.len()));
+        for (i, &v) in self.outputs.iter().enumerate() {
+            if let Some(j) = self.outputs[..i].iter().position(|&u| u == v) {
+                let first = if j < sink.len() {
+                    &sink[j]
+                } else {
+                    &rest[j - sink.len()]
+                }
+                .clone();
+                match sink.get_mut(i) {
+                    Some(slot) => slot.clone_from(&first),
+                    None => rest.push(first),
+                }
                 continue;
             }
             let device = self.device_of(v);
@@ -266,7 +348,10 @@ impl Plan {
             let buffer = env
                 .take(v)
                 .ok_or_else(|| Error::Internal(format!("{v} has no buffer to download")))?;
-            let value = backend.take(buffer, &meters[device])?;
+            match sink.get_mut(i) {
+                Some(slot) => backend.take_into(buffer, &meters[device], slot)?,
+                None => rest.push(backend.take(buffer, &meters[device])?),
+            }
             if let Some(rec) = env.recorder {
                 let track = format!("{}/transfers", backend.device());
                 rec.event(
@@ -276,19 +361,8 @@ impl Plan {
                     Some(start),
                 );
             }
-            downloaded.insert(v.0, value);
         }
-        let mut out = Vec::with_capacity(self.outputs.len());
-        for (i, v) in self.outputs.iter().enumerate() {
-            let last = !self.outputs[i + 1..].contains(v);
-            let value = if last {
-                downloaded.remove(&v.0)
-            } else {
-                downloaded.get(&v.0).cloned()
-            };
-            out.push(value.ok_or_else(|| Error::Internal(format!("{v} was not downloaded")))?);
-        }
-        Ok(out)
+        Ok(rest)
     }
 
     /// After a failed run, frees whatever is still alive.
@@ -307,7 +381,7 @@ impl Plan {
     }
 
     /// Matches feeds to the plan's inputs by name, checking type and shape.
-    fn bind_feeds<'a>(&self, feeds: &'a [(&str, Value)]) -> Result<Vec<Option<&'a Value>>> {
+    fn bind_feeds<'a>(&self, feeds: &[(&str, &'a Value)]) -> Result<Vec<Option<&'a Value>>> {
         let mut bound: Vec<Option<&'a Value>> = vec![None; self.types.len()];
         let mut seen: HashMap<&str, ()> = HashMap::new();
         for (name, value) in feeds {
@@ -333,7 +407,7 @@ impl Plan {
                         found,
                     });
                 }
-                bound[slot.value.0] = Some(value);
+                bound[slot.value.0] = Some(*value);
             }
         }
         if let Some(missing) = self.feeds.iter().find(|f| bound[f.value.0].is_none()) {

@@ -18,7 +18,7 @@ use crate::{Op, Result, Value};
 pub(crate) struct Persist {
     /// How many outputs the user asked for (persisted ones follow them in
     /// the full plan's outputs).
-    requested: usize,
+    pub(crate) requested: usize,
     /// The feed name of each persisted value in `cached`.
     names: Vec<String>,
     /// Inputs the persisted values depend on, sorted.
@@ -26,7 +26,7 @@ pub(crate) struct Persist {
     /// The plan with persisted values as inputs.
     cached: Plan,
     /// The feeds' fingerprint and the persisted values computed from them.
-    kept: Mutex<Option<(u64, Vec<Value>)>>,
+    kept: Mutex<Option<(u64, Arc<Vec<Value>>)>>,
 }
 
 /// The names of the inputs among the ancestors of `roots`.
@@ -141,7 +141,7 @@ pub(crate) fn compile(
 
 impl Persist {
     /// A fingerprint of the feeds the persisted values depend on.
-    fn fingerprint(&self, feeds: &[(&str, Value)]) -> u64 {
+    fn fingerprint(&self, feeds: &[(&str, &Value)]) -> u64 {
         let mut h = DefaultHasher::new();
         for name in &self.deps {
             name.hash(&mut h);
@@ -165,26 +165,30 @@ impl Persist {
     pub(crate) fn run(
         &self,
         full: &Plan,
-        feeds: &[(&str, Value)],
+        feeds: &[(&str, &Value)],
         recorder: Option<&Recorder>,
+        sink: &mut [Value],
     ) -> Result<(Vec<Value>, RunStats)> {
         let fingerprint = self.fingerprint(feeds);
         let fresh = {
             let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
             match kept.as_ref() {
-                Some((f, values)) if *f == fingerprint => Some(values.clone()),
+                Some((f, values)) if *f == fingerprint => Some(Arc::clone(values)),
                 _ => None,
             }
         };
         if let Some(values) = fresh {
             tracing::debug!(target: "tensorgraph", "persisted values reused");
-            let mut all: Vec<(&str, Value)> = feeds.to_vec();
-            all.extend(self.names.iter().map(String::as_str).zip(values));
-            return self.cached.run_plain(&all, recorder);
+            let mut all: Vec<(&str, &Value)> = feeds.to_vec();
+            all.extend(self.names.iter().map(String::as_str).zip(values.iter()));
+            return self.cached.run_plain(&all, recorder, sink);
         }
-        let (mut out, stats) = full.run_plain(feeds, recorder)?;
-        let persisted = out.split_off(self.requested);
-        *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some((fingerprint, persisted));
+        // Outputs with a slot in `sink` are not returned: the persisted
+        // values are the last `out.len() - (requested - sink.len())`.
+        let (mut out, stats) = full.run_plain(feeds, recorder, sink)?;
+        let persisted = out.split_off(self.requested.saturating_sub(sink.len()));
+        *self.kept.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((fingerprint, Arc::new(persisted)));
         Ok((out, stats))
     }
 }

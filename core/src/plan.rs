@@ -174,7 +174,12 @@ impl Plan {
 
     /// The values returned by `run`, in the order requested.
     pub fn outputs(&self) -> &[ValueId] {
-        &self.outputs
+        // A persisting plan also outputs its persisted values, after these.
+        let n = self
+            .persist
+            .as_ref()
+            .map_or(self.outputs.len(), |p| p.requested);
+        &self.outputs[..n]
     }
 
     /// The backends the plan may run on; [`Step::device`] indexes this.

@@ -5,7 +5,7 @@ use ndarray::{ArrayD, Dimension};
 use crate::{DType, Shape, TensorType};
 
 /// An owned host array of one of the supported element types.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub enum Value {
     /// An `f32` array.
     F32(ArrayD<f32>),
@@ -13,7 +13,44 @@ pub enum Value {
     I32(ArrayD<i32>),
 }
 
+impl Clone for Value {
+    fn clone(&self) -> Self {
+        match self {
+            Value::F32(a) => Value::F32(a.clone()),
+            Value::I32(a) => Value::I32(a.clone()),
+        }
+    }
+
+    /// Reuses `self`'s storage when both hold the same dtype.
+    fn clone_from(&mut self, source: &Self) {
+        match (self, source) {
+            (Value::F32(a), Value::F32(b)) => a.clone_from(b),
+            (Value::I32(a), Value::I32(b)) => a.clone_from(b),
+            (this, source) => *this = source.clone(),
+        }
+    }
+}
+
 impl Value {
+    /// An array of zeros of type `ty`.
+    pub fn zeros(ty: &TensorType) -> Value {
+        let dims = ndarray::IxDyn(ty.shape.dims());
+        match ty.dtype {
+            DType::F32 => Value::F32(ArrayD::zeros(dims)),
+            DType::I32 => Value::I32(ArrayD::zeros(dims)),
+        }
+    }
+
+    /// An empty (zero-element, one-dimensional) array of `dtype`; it
+    /// allocates nothing.
+    pub fn empty(dtype: DType) -> Value {
+        let dims = ndarray::IxDyn(&[0]);
+        match dtype {
+            DType::F32 => Value::F32(ArrayD::zeros(dims)),
+            DType::I32 => Value::I32(ArrayD::zeros(dims)),
+        }
+    }
+
     /// The element type.
     pub fn dtype(&self) -> DType {
         match self {
