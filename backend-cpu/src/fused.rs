@@ -21,7 +21,9 @@ mod donor;
 mod operand;
 mod prologue;
 
-use self::chunk::{Lane, Out, Src, binary, cast_scalar, fold_binary, fold_unary, map1, unary};
+use self::chunk::{
+    Isa, Lane, Out, Src, binary_on, cast_scalar, fold_binary, fold_unary, map1, unary_on,
+};
 pub(crate) use self::donor::fused_into;
 use self::operand::{Bound, Operand, bind, gather, standard_copy};
 pub(crate) use self::prologue::{Prologue, reduce_prologue};
@@ -172,6 +174,8 @@ struct Program<'a> {
     dims: Vec<usize>,
     /// Registers needed, f32 then i32.
     regs: [usize; 2],
+    /// The instruction set the loops run with.
+    isa: Isa,
 }
 
 /// The instructions `instr` reads, each once.
@@ -342,6 +346,7 @@ impl<'a> Program<'a> {
             steps,
             dims,
             regs: regs.count,
+            isa: Isa::detect(),
         })
     }
 
@@ -394,7 +399,8 @@ impl<'a> Program<'a> {
     /// Runs the chunks of `part`, which starts at element `start`.
     fn run_part<R: Lane>(&self, start: usize, part: &mut [R], s: &mut Scratch) -> KResult<()> {
         for (c, chunk) in part.chunks_mut(CHUNK).enumerate() {
-            self.run_chunk(start + c * CHUNK, chunk, s)?;
+            let at = start + c * CHUNK;
+            self.run_chunk(at, chunk, s)?;
         }
         Ok(())
     }
@@ -407,6 +413,7 @@ impl<'a> Program<'a> {
         };
         let mut out = R::wrap(out);
         let o = &mut out;
+        let isa = self.isa;
         for step in &self.steps {
             use DType::{F32, I32};
             match *step {
@@ -427,27 +434,27 @@ impl<'a> Program<'a> {
                     dtype: F32,
                     a,
                     dst,
-                } => self.step1::<f32, f32>(a, dst, at, s, o, |x, d| unary(op, x, d)),
+                } => self.step1::<f32, f32>(a, dst, at, s, o, |x, d| unary_on(isa, op, x, d)),
                 Exec::Unary {
                     op,
                     dtype: I32,
                     a,
                     dst,
-                } => self.step1::<i32, i32>(a, dst, at, s, o, |x, d| unary(op, x, d)),
+                } => self.step1::<i32, i32>(a, dst, at, s, o, |x, d| unary_on(isa, op, x, d)),
                 Exec::Binary {
                     op,
                     dtype: F32,
                     a,
                     b,
                     dst,
-                } => self.step2::<f32>(a, b, dst, at, s, o, |x, y, d| binary(op, x, y, d)),
+                } => self.step2::<f32>(a, b, dst, at, s, o, |x, y, d| binary_on(isa, op, x, y, d)),
                 Exec::Binary {
                     op,
                     dtype: I32,
                     a,
                     b,
                     dst,
-                } => self.step2::<i32>(a, b, dst, at, s, o, |x, y, d| binary(op, x, y, d)),
+                } => self.step2::<i32>(a, b, dst, at, s, o, |x, y, d| binary_on(isa, op, x, y, d)),
                 Exec::Cast {
                     from: F32,
                     to: F32,

@@ -117,7 +117,104 @@ pub(super) fn map2<T: Copy>(a: Src<'_, T>, b: Src<'_, T>, d: &mut [T], f: impl F
     }
 }
 
+/// The vector instruction set the chunk loops run with. The loops are
+/// compiled once per set (each wrapper below inlines the same generic
+/// loop), and every set gives the same bits: no op is contracted into an
+/// FMA or reassociated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// Whatever the build targets (SSE2 on a plain x86-64 build).
+    Base,
+    /// AVX2 with FMA.
+    Avx2,
+    /// AVX-512 (F, BW, VL, DQ).
+    Avx512,
+}
+
+impl Isa {
+    /// The best set this CPU runs.
+    pub(super) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Base
+    }
+}
+
+/// [`unary`] compiled for `isa`.
+#[inline]
+pub(super) fn unary_on<T: Element>(isa: Isa, op: UnaryOp, a: Src<'_, T>, d: &mut [T]) {
+    match isa {
+        // SAFETY: `Isa::detect` found every feature the wrapper enables.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::unary_avx512(op, a, d) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::unary_avx2(op, a, d) },
+        _ => unary(op, a, d),
+    }
+}
+
+/// [`binary`] compiled for `isa`.
+#[inline]
+pub(super) fn binary_on<T: Element>(
+    isa: Isa,
+    op: BinaryOp,
+    a: Src<'_, T>,
+    b: Src<'_, T>,
+    d: &mut [T],
+) {
+    match isa {
+        // SAFETY: `Isa::detect` found every feature the wrapper enables.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::binary_avx512(op, a, b, d) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::binary_avx2(op, a, b, d) },
+        _ => binary(op, a, b, d),
+    }
+}
+
+/// The chunk loops compiled with wider vectors.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BinaryOp, Element, Src, UnaryOp, binary, unary};
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) fn unary_avx512<T: Element>(op: UnaryOp, a: Src<'_, T>, d: &mut [T]) {
+        unary(op, a, d)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn unary_avx2<T: Element>(op: UnaryOp, a: Src<'_, T>, d: &mut [T]) {
+        unary(op, a, d)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) fn binary_avx512<T: Element>(
+        op: BinaryOp,
+        a: Src<'_, T>,
+        b: Src<'_, T>,
+        d: &mut [T],
+    ) {
+        binary(op, a, b, d)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn binary_avx2<T: Element>(op: BinaryOp, a: Src<'_, T>, b: Src<'_, T>, d: &mut [T]) {
+        binary(op, a, b, d)
+    }
+}
+
 /// A unary op over a chunk, with the unary kernel's per-element semantics.
+#[inline(always)]
 pub(super) fn unary<T: Element>(op: UnaryOp, a: Src<'_, T>, d: &mut [T]) {
     match op {
         UnaryOp::Neg => map1(a, d, T::neg),
@@ -134,6 +231,7 @@ pub(super) fn unary<T: Element>(op: UnaryOp, a: Src<'_, T>, d: &mut [T]) {
 }
 
 /// A binary op over a chunk, with the binary kernel's semantics.
+#[inline(always)]
 pub(super) fn binary<T: Element>(op: BinaryOp, a: Src<'_, T>, b: Src<'_, T>, d: &mut [T]) {
     match op {
         BinaryOp::Add => map2(a, b, d, T::add),
@@ -186,5 +284,89 @@ pub(super) fn cast_scalar(s: Scalar, to: DType) -> Scalar {
         (Scalar::I32(x), DType::I32) => Scalar::I32(x),
         (Scalar::F32(x), DType::I32) => Scalar::I32(x as i32),
         (Scalar::I32(x), DType::F32) => Scalar::F32(x as f32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Floats with the awkward cases among ordinary ones, past a few
+    /// vector widths (and not a multiple of any).
+    fn floats() -> Vec<f32> {
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            1e-40,
+            -1e30,
+        ];
+        (0..203)
+            .map(|i| {
+                special
+                    .get(i % 29)
+                    .copied()
+                    .unwrap_or((i as f32 - 100.0) * 0.173)
+            })
+            .collect()
+    }
+
+    fn ints() -> Vec<i32> {
+        let special = [i32::MIN, i32::MAX, 0, -1, 1];
+        (0..203)
+            .map(|i| special.get(i % 23).copied().unwrap_or(i as i32 * 37 - 3000))
+            .collect()
+    }
+
+    /// Every op on every instruction set this CPU has gives the bits of
+    /// the plain build, slice and splat operands alike.
+    fn same_bits<T: Element>(a: &[T], b: &[T], bits: impl Fn(T) -> u32) {
+        let isa = Isa::detect();
+        let n = a.len();
+        let run1 = |isa, op, src| {
+            let mut d = vec![T::default(); n];
+            unary_on(isa, op, src, &mut d);
+            d.into_iter().map(&bits).collect::<Vec<_>>()
+        };
+        for op in UnaryOp::ALL
+            .into_iter()
+            .filter(|op| T::DTYPE.is_float() || !op.float_only())
+        {
+            assert_eq!(
+                run1(isa, op, Src::Slice(a)),
+                run1(Isa::Base, op, Src::Slice(a)),
+                "{op:?} on {isa:?}"
+            );
+        }
+        let run2 = |isa, op, x, y| {
+            let mut d = vec![T::default(); n];
+            binary_on(isa, op, x, y, &mut d);
+            d.into_iter().map(&bits).collect::<Vec<_>>()
+        };
+        for op in BinaryOp::ALL {
+            for (x, y) in [
+                (Src::Slice(a), Src::Slice(b)),
+                (Src::Slice(a), Src::Splat(b[7])),
+                (Src::Splat(a[3]), Src::Slice(b)),
+            ] {
+                assert_eq!(
+                    run2(isa, op, x, y),
+                    run2(Isa::Base, op, x, y),
+                    "{op:?} on {isa:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let f = floats();
+        let g: Vec<f32> = f.iter().rev().map(|x| x * 0.5 + 0.25).collect();
+        same_bits(&f, &g, f32::to_bits);
+        let i = ints();
+        let j: Vec<i32> = i.iter().rev().map(|x| x / 3 - 1).collect();
+        same_bits(&i, &j, |x| x as u32);
     }
 }
