@@ -15,7 +15,12 @@ const N: usize = 1 << 24;
 
 /// x*1.5 + 0.5, relu, *x, -0.25, abs, sqrt, max with x, -x : eight ops.
 fn chain(g: &Graph) -> Tensor {
-    let x = g.input("x", DType::F32, [N]).expect("input");
+    chain_of(g, N)
+}
+
+/// [`chain`] over `n` elements.
+fn chain_of(g: &Graph, n: usize) -> Tensor {
+    let x = g.input("x", DType::F32, [n]).expect("input");
     let t = (&x * 1.5 + 0.5).relu().expect("relu");
     let t = &t * &x - 0.25;
     let t = t.abs().expect("abs").sqrt().expect("sqrt");
@@ -95,5 +100,32 @@ fn fusion(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fusion);
+/// The same chain over 1M elements (8 MB moved, cache-resident on most
+/// servers): what the fused kernel costs when memory is not the limit.
+fn fusion_in_cache(c: &mut Criterion) {
+    const M: usize = 1 << 20;
+    let mut group = c.benchmark_group("fused_chain8_1M");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(M as u64));
+    let g = Graph::new();
+    let out = chain_of(&g, M);
+    let plan = g
+        .compile(&[&out], &tensorgraph::options(Device::Cpu).expect("cpu"))
+        .expect("compile");
+    let x = ArrayD::from_shape_fn(IxDyn(&[M]), |i| (i[0] % 1000) as f32 * 0.002 - 1.0);
+    let feeds = [("x", Value::from(x))];
+    let mut outputs = plan.run(&feeds).expect("run");
+    group.bench_function("tensorgraph-cpu-fused-run-into", |bench| {
+        bench.iter(|| {
+            plan.run_into(&feeds, &mut outputs).expect("run_into");
+            black_box(&outputs);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fusion, fusion_in_cache);
 criterion_main!(benches);
