@@ -18,6 +18,8 @@ use tensorgraph_core::{BinaryOp, DType, FusedExpr, Instr, Scalar, TensorType, Un
 
 mod chunk;
 mod donor;
+#[cfg(target_arch = "x86_64")]
+mod machine;
 mod operand;
 mod prologue;
 
@@ -176,6 +178,10 @@ struct Program<'a> {
     regs: [usize; 2],
     /// The instruction set the loops run with.
     isa: Isa,
+    /// The register machine, which runs instead of `steps` for f32
+    /// expressions where the CPU has AVX2 or AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    machine: Option<machine::Machine>,
 }
 
 /// The instructions `instr` reads, each once.
@@ -341,12 +347,17 @@ impl<'a> Program<'a> {
                 dst: Dst::Out,
             });
         }
+        let isa = Isa::detect();
+        #[cfg(target_arch = "x86_64")]
+        let machine = machine::Machine::compile(expr, &operands, isa)?;
         Ok(Program {
             operands,
             steps,
             dims,
             regs: regs.count,
-            isa: Isa::detect(),
+            isa,
+            #[cfg(target_arch = "x86_64")]
+            machine,
         })
     }
 
@@ -396,8 +407,21 @@ impl<'a> Program<'a> {
         Ok(())
     }
 
-    /// Runs the chunks of `part`, which starts at element `start`.
+    /// Runs the program over `part`, which starts at element `start`: the
+    /// register machine when there is one, else the chunk steps.
     fn run_part<R: Lane>(&self, start: usize, part: &mut [R], s: &mut Scratch) -> KResult<()> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(m) = &self.machine
+            && R::DTYPE == DType::F32
+            && let Some(out) = R::as_f32(part)
+        {
+            return m.run(self.isa, &self.operands, &self.dims, start, out);
+        }
+        self.run_chunks(start, part, s)
+    }
+
+    /// Runs the chunk steps over `part`, which starts at element `start`.
+    fn run_chunks<R: Lane>(&self, start: usize, part: &mut [R], s: &mut Scratch) -> KResult<()> {
         for (c, chunk) in part.chunks_mut(CHUNK).enumerate() {
             let at = start + c * CHUNK;
             self.run_chunk(at, chunk, s)?;

@@ -30,6 +30,8 @@ pub(super) trait Lane: Element {
     fn regs_mut(s: &mut Scratch) -> &mut [Vec<Self>];
     fn operand<'b, 'a>(b: &'b Bound<'a>) -> Option<&'b Operand<'a, Self>>;
     fn scalar(s: Scalar) -> Option<Self>;
+    /// The output chunk as f32, when it is.
+    fn as_f32(out: &mut [Self]) -> Option<&mut [f32]>;
     fn wrap(o: &mut [Self]) -> Out<'_>;
     fn out<'o>(o: &'o mut Out<'_>) -> Option<&'o mut [Self]>;
 }
@@ -52,6 +54,9 @@ impl Lane for f32 {
             Scalar::F32(x) => Some(x),
             Scalar::I32(_) => None,
         }
+    }
+    fn as_f32(out: &mut [f32]) -> Option<&mut [f32]> {
+        Some(out)
     }
     fn wrap(o: &mut [f32]) -> Out<'_> {
         Out::F32(o)
@@ -82,6 +87,9 @@ impl Lane for i32 {
             Scalar::I32(x) => Some(x),
             Scalar::F32(_) => None,
         }
+    }
+    fn as_f32(_out: &mut [i32]) -> Option<&mut [f32]> {
+        None
     }
     fn wrap(o: &mut [i32]) -> Out<'_> {
         Out::I32(o)
@@ -121,7 +129,7 @@ pub(super) fn map2<T: Copy>(a: Src<'_, T>, b: Src<'_, T>, d: &mut [T], f: impl F
 /// compiled once per set (each wrapper below inlines the same generic
 /// loop), and every set gives the same bits: no op is contracted into an
 /// FMA or reassociated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Isa {
     /// Whatever the build targets (SSE2 on a plain x86-64 build).
     Base,
@@ -132,8 +140,24 @@ pub(super) enum Isa {
 }
 
 impl Isa {
-    /// The best set this CPU runs.
+    /// The set the kernels use: the best this CPU runs, or a lesser one
+    /// named by `TENSORGRAPH_CPU_ISA` (`base`, `avx2`, `avx512`), read once;
+    /// a set the CPU lacks is never used.
     pub(super) fn detect() -> Isa {
+        static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Isa::best();
+            let asked = match std::env::var("TENSORGRAPH_CPU_ISA").as_deref() {
+                Ok("base") => Isa::Base,
+                Ok("avx2") => Isa::Avx2,
+                _ => best,
+            };
+            if asked < best { asked } else { best }
+        })
+    }
+
+    /// The best set this CPU runs.
+    pub(super) fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -145,6 +169,15 @@ impl Isa {
             }
         }
         Isa::Base
+    }
+
+    /// Every set this CPU runs, plainest first.
+    #[cfg(test)]
+    pub(super) fn available() -> Vec<Isa> {
+        [Isa::Base, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= Isa::best())
+            .collect()
     }
 }
 
@@ -244,6 +277,13 @@ pub(super) fn binary<T: Element>(op: BinaryOp, a: Src<'_, T>, b: Src<'_, T>, d: 
     }
 }
 
+/// A unary op of one f32, through the same code as a chunk.
+pub(super) fn unary_scalar(op: UnaryOp, x: f32) -> f32 {
+    let mut d = [0.0];
+    unary(op, Src::Splat(x), &mut d);
+    d[0]
+}
+
 /// A unary op of a literal, through the same code as a chunk.
 pub(super) fn fold_unary(op: UnaryOp, s: Scalar) -> Scalar {
     match s {
@@ -323,39 +363,40 @@ mod tests {
     /// Every op on every instruction set this CPU has gives the bits of
     /// the plain build, slice and splat operands alike.
     fn same_bits<T: Element>(a: &[T], b: &[T], bits: impl Fn(T) -> u32) {
-        let isa = Isa::detect();
         let n = a.len();
-        let run1 = |isa, op, src| {
-            let mut d = vec![T::default(); n];
-            unary_on(isa, op, src, &mut d);
-            d.into_iter().map(&bits).collect::<Vec<_>>()
-        };
-        for op in UnaryOp::ALL
-            .into_iter()
-            .filter(|op| T::DTYPE.is_float() || !op.float_only())
-        {
-            assert_eq!(
-                run1(isa, op, Src::Slice(a)),
-                run1(Isa::Base, op, Src::Slice(a)),
-                "{op:?} on {isa:?}"
-            );
-        }
-        let run2 = |isa, op, x, y| {
-            let mut d = vec![T::default(); n];
-            binary_on(isa, op, x, y, &mut d);
-            d.into_iter().map(&bits).collect::<Vec<_>>()
-        };
-        for op in BinaryOp::ALL {
-            for (x, y) in [
-                (Src::Slice(a), Src::Slice(b)),
-                (Src::Slice(a), Src::Splat(b[7])),
-                (Src::Splat(a[3]), Src::Slice(b)),
-            ] {
+        for isa in Isa::available() {
+            let run1 = |isa, op, src| {
+                let mut d = vec![T::default(); n];
+                unary_on(isa, op, src, &mut d);
+                d.into_iter().map(&bits).collect::<Vec<_>>()
+            };
+            for op in UnaryOp::ALL
+                .into_iter()
+                .filter(|op| T::DTYPE.is_float() || !op.float_only())
+            {
                 assert_eq!(
-                    run2(isa, op, x, y),
-                    run2(Isa::Base, op, x, y),
+                    run1(isa, op, Src::Slice(a)),
+                    run1(Isa::Base, op, Src::Slice(a)),
                     "{op:?} on {isa:?}"
                 );
+            }
+            let run2 = |isa, op, x, y| {
+                let mut d = vec![T::default(); n];
+                binary_on(isa, op, x, y, &mut d);
+                d.into_iter().map(&bits).collect::<Vec<_>>()
+            };
+            for op in BinaryOp::ALL {
+                for (x, y) in [
+                    (Src::Slice(a), Src::Slice(b)),
+                    (Src::Slice(a), Src::Splat(b[7])),
+                    (Src::Splat(a[3]), Src::Slice(b)),
+                ] {
+                    assert_eq!(
+                        run2(isa, op, x, y),
+                        run2(Isa::Base, op, x, y),
+                        "{op:?} on {isa:?}"
+                    );
+                }
             }
         }
     }
@@ -364,7 +405,8 @@ mod tests {
     fn every_instruction_set_gives_the_same_bits() {
         let f = floats();
         let g: Vec<f32> = f.iter().rev().map(|x| x * 0.5 + 0.25).collect();
-        same_bits(&f, &g, f32::to_bits);
+        // Any NaN matches any NaN (see `machine::tests`).
+        same_bits(&f, &g, |x| if x.is_nan() { u32::MAX } else { x.to_bits() });
         let i = ints();
         let j: Vec<i32> = i.iter().rev().map(|x| x / 3 - 1).collect();
         same_bits(&i, &j, |x| x as u32);

@@ -1,0 +1,981 @@
+//! The register machine: the fused kernel for f32 expressions on CPUs
+//! with AVX2 or AVX-512.
+//!
+//! The chunk program (`Exec` steps) makes one pass over an L1-resident
+//! chunk per op, loading its operands and storing its result each time; at
+//! eight or nine ops those passes, not DRAM, bound the kernel. Here the
+//! program runs over blocks of eight vectors (128 elements with AVX-512,
+//! 64 with AVX2) with its running value, the accumulator, held in eight
+//! vector registers, so an op costs one dispatch and eight vector
+//! instructions (four vectors measured 45% slower: the dispatch showed). A
+//! value read again later is stored to a block-sized register in L1 just
+//! before the accumulator is overwritten. Operands are read in place
+//! (row-major ones) or gathered per block (broadcast and strided ones, the
+//! in-place donor, and every operand of a short last block).
+//!
+//! Results are bit for bit those of the chunk program (NaNs being NaNs,
+//! whatever their sign and payload): the vector ops are
+//! IEEE-exact (add, sub, mul, div, sqrt), `max`/`min`/`relu` are blends
+//! that follow [`Element`]'s comparisons exactly (NaN in, NaN out; ties
+//! keep the first operand), and transcendental ops and `pow` run the same
+//! scalar functions lane by lane.
+//!
+//! Integer expressions and expressions with casts keep the chunk program,
+//! as does every expression on CPUs without AVX2.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use tensorgraph_core::{BinaryOp, FusedExpr, Instr, Scalar, UnaryOp};
+
+use super::chunk::{Isa, fold_binary, fold_unary};
+use super::operand::{Bound, Operand, gather};
+use crate::element::{Element, KResult};
+
+/// The widest block: eight AVX-512 vectors.
+const MAX_W: usize = 128;
+
+/// Where an op's second operand comes from.
+#[derive(Debug, Clone, Copy)]
+enum Arg {
+    /// A literal (or an operand of one element).
+    Splat(f32),
+    /// Operand `k`'s elements of the block.
+    Input(usize),
+    /// A stored value.
+    Reg(usize),
+    /// The accumulator itself (`x op x`).
+    Acc,
+}
+
+/// One op of the machine; all but `Store` overwrite the accumulator.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Load(Arg),
+    Store(usize),
+    Unary(UnaryOp),
+    /// `acc = acc op arg`, or `arg op acc` when `rev`.
+    Binary {
+        op: BinaryOp,
+        arg: Arg,
+        rev: bool,
+    },
+}
+
+/// What an instruction's value is, at compile time.
+#[derive(Debug, Clone, Copy)]
+enum Val {
+    Splat(f32),
+    Input(usize),
+    Computed,
+}
+
+/// A compiled f32 block program.
+#[derive(Debug)]
+pub(super) struct Machine {
+    ops: Vec<Op>,
+    /// Block registers the stores need.
+    regs: usize,
+    /// Operands the program reads that are not literals.
+    reads: Vec<usize>,
+}
+
+/// The distinct instructions `instr` reads.
+fn reads(instr: &Instr) -> ([usize; 2], usize) {
+    match *instr {
+        Instr::Input(_) | Instr::Scalar(_) => ([0, 0], 0),
+        Instr::Unary(_, a) | Instr::Cast(_, a) => ([a, a], 1),
+        Instr::Binary(_, a, b) if a == b => ([a, a], 1),
+        Instr::Binary(_, a, b) => ([a, b], 2),
+    }
+}
+
+/// The compiler's state: the ops so far, which value the accumulator
+/// holds, and where stored values are.
+struct Build {
+    ops: Vec<Op>,
+    val: Vec<Val>,
+    /// Later instructions reading each value.
+    uses: Vec<usize>,
+    stored: Vec<Option<usize>>,
+    acc: Option<usize>,
+    free: Vec<usize>,
+    regs: usize,
+}
+
+impl Build {
+    /// Where value `v` can be read from, other than the accumulator.
+    fn arg(&self, v: usize) -> KResult<Arg> {
+        match (self.val[v], self.stored[v]) {
+            (Val::Splat(x), _) => Ok(Arg::Splat(x)),
+            (Val::Input(k), _) => Ok(Arg::Input(k)),
+            (Val::Computed, Some(r)) => Ok(Arg::Reg(r)),
+            (Val::Computed, None) => Err(format!("fused machine: %{v} was not kept")),
+        }
+    }
+
+    /// Before instruction `i` overwrites the accumulator: stores the value
+    /// it holds when an instruction after `i` still reads it.
+    fn spill(&mut self, i: &Instr) {
+        let Some(v) = self.acc else { return };
+        let (a, k) = reads(i);
+        let after = self.uses[v] - usize::from(a[..k].contains(&v));
+        if matches!(self.val[v], Val::Computed) && self.stored[v].is_none() && after > 0 {
+            let r = self.free.pop().unwrap_or_else(|| {
+                self.regs += 1;
+                self.regs - 1
+            });
+            self.ops.push(Op::Store(r));
+            self.stored[v] = Some(r);
+        }
+    }
+
+    /// Loads `v` into the accumulator unless it is there.
+    fn load(&mut self, v: usize) -> KResult<()> {
+        if self.acc != Some(v) {
+            let arg = self.arg(v)?;
+            self.ops.push(Op::Load(arg));
+        }
+        Ok(())
+    }
+
+    /// Instruction `i` has run: its operands have one reader fewer.
+    fn consumed(&mut self, i: &Instr) {
+        let (a, k) = reads(i);
+        for &v in &a[..k] {
+            self.uses[v] -= 1;
+            if self.uses[v] == 0
+                && let Some(r) = self.stored[v].take()
+            {
+                self.free.push(r);
+            }
+        }
+    }
+}
+
+/// An f32 literal.
+fn literal(s: Scalar) -> KResult<f32> {
+    match s {
+        Scalar::F32(x) => Ok(x),
+        Scalar::I32(_) => Err(format!(
+            "fused machine: i32 literal {s:?} in an f32 program"
+        )),
+    }
+}
+
+impl Machine {
+    /// The machine for `expr` over `operands` when every instruction is
+    /// f32 (no casts, no integers) and the CPU has AVX2 or AVX-512. `expr`
+    /// was checked by the chunk compiler.
+    pub(super) fn compile(
+        expr: &FusedExpr,
+        operands: &[Bound<'_>],
+        isa: Isa,
+    ) -> KResult<Option<Machine>> {
+        if isa == Isa::Base
+            || expr
+                .dtypes
+                .iter()
+                .any(|&d| d != tensorgraph_core::DType::F32)
+        {
+            return Ok(None);
+        }
+        let n = expr.instrs.len();
+        let mut uses = vec![0usize; n];
+        for instr in &expr.instrs {
+            let (a, k) = reads(instr);
+            a[..k].iter().for_each(|&v| uses[v] += 1);
+        }
+        let mut b = Build {
+            ops: Vec::new(),
+            val: Vec::with_capacity(n),
+            uses,
+            stored: vec![None; n],
+            acc: None,
+            free: Vec::new(),
+            regs: 0,
+        };
+        for (i, instr) in expr.instrs.iter().enumerate() {
+            let val = match *instr {
+                Instr::Scalar(s) => Val::Splat(literal(s)?),
+                Instr::Input(k) => match operands.get(k) {
+                    Some(Bound::F32(Operand::Splat(x))) => Val::Splat(*x),
+                    Some(Bound::F32(_)) => Val::Input(k),
+                    _ => return Err(format!("fused machine: no f32 operand {k}")),
+                },
+                Instr::Cast(..) => return Ok(None),
+                Instr::Unary(op, a) => match b.val[a] {
+                    Val::Splat(x) => Val::Splat(literal(fold_unary(op, Scalar::F32(x)))?),
+                    _ => {
+                        b.spill(instr);
+                        b.load(a)?;
+                        b.ops.push(Op::Unary(op));
+                        Val::Computed
+                    }
+                },
+                Instr::Binary(op, x, y) => match (b.val[x], b.val[y]) {
+                    (Val::Splat(p), Val::Splat(q)) => {
+                        Val::Splat(literal(fold_binary(op, Scalar::F32(p), Scalar::F32(q))?)?)
+                    }
+                    _ => {
+                        b.spill(instr);
+                        let (arg, rev) = if x == y {
+                            b.load(x)?;
+                            (Arg::Acc, false)
+                        } else if b.acc == Some(y) {
+                            (b.arg(x)?, true)
+                        } else {
+                            b.load(x)?;
+                            (b.arg(y)?, false)
+                        };
+                        b.ops.push(Op::Binary { op, arg, rev });
+                        Val::Computed
+                    }
+                },
+            };
+            if matches!(val, Val::Computed) {
+                b.acc = Some(i);
+            }
+            b.val.push(val);
+            b.consumed(instr);
+        }
+        // A result no op computed (a literal, an operand) is loaded.
+        match b.val.last() {
+            Some(Val::Computed) => {}
+            Some(&Val::Splat(x)) => b.ops.push(Op::Load(Arg::Splat(x))),
+            Some(&Val::Input(k)) => b.ops.push(Op::Load(Arg::Input(k))),
+            None => return Err("fused machine: empty program".into()),
+        }
+        let mut reads: Vec<usize> = b
+            .val
+            .iter()
+            .filter_map(|v| match v {
+                Val::Input(k) => Some(*k),
+                _ => None,
+            })
+            .collect();
+        reads.sort_unstable();
+        reads.dedup();
+        Ok(Some(Machine {
+            ops: b.ops,
+            regs: b.regs,
+            reads,
+        }))
+    }
+
+    /// Runs the program over `out`, elements `start..start + out.len()` of
+    /// the output (row-major over `dims`). `isa` is the one it was
+    /// compiled for.
+    pub(super) fn run(
+        &self,
+        isa: Isa,
+        operands: &[Bound<'_>],
+        dims: &[usize],
+        start: usize,
+        out: &mut [f32],
+    ) -> KResult<()> {
+        let ops: Vec<&Operand<'_, f32>> = operands
+            .iter()
+            .map(|b| match b {
+                Bound::F32(o) => Ok(o),
+                Bound::I32(_) => Err("fused machine: an i32 operand".to_string()),
+            })
+            .collect::<KResult<_>>()?;
+        let end = start + out.len();
+        for &k in &self.reads {
+            match ops.get(k) {
+                Some(Operand::Contig(s)) if s.len() < end => {
+                    return Err(format!(
+                        "fused machine: operand {k} has {} elements, not {end}",
+                        s.len()
+                    ));
+                }
+                Some(_) => {}
+                None => return Err(format!("fused machine: no operand {k}")),
+            }
+        }
+        let mut bufs = vec![[0.0f32; MAX_W]; ops.len()];
+        let mut regs = vec![[0.0f32; MAX_W]; self.regs];
+        let mut block = Block {
+            ops: &ops,
+            dims,
+            bufs: &mut bufs,
+            regs: &mut regs,
+        };
+        match isa {
+            // SAFETY: `Isa::detect` found every feature these enable.
+            Isa::Avx512 => unsafe { self.run_avx512(&mut block, start, out) },
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { self.run_avx2(&mut block, start, out) },
+            Isa::Base => Err("fused machine: compiled for no vector set".into()),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    fn run_avx512(&self, block: &mut Block<'_, '_>, start: usize, out: &mut [f32]) -> KResult<()> {
+        // SAFETY: this function runs only where AVX-512 is available.
+        unsafe { self.run_blocks::<Avx512>(block, start, out) };
+        Ok(())
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(&self, block: &mut Block<'_, '_>, start: usize, out: &mut [f32]) -> KResult<()> {
+        // SAFETY: this function runs only where AVX2 is available.
+        unsafe { self.run_blocks::<Avx2>(block, start, out) };
+        Ok(())
+    }
+
+    /// # Safety
+    /// The CPU has `S`'s vector set.
+    #[inline(always)]
+    unsafe fn run_blocks<S: Simd>(&self, b: &mut Block<'_, '_>, start: usize, out: &mut [f32]) {
+        let w = 8 * S::LANES;
+        for (i, o) in out.chunks_mut(w).enumerate() {
+            let base = start + i * w;
+            let len = o.len();
+            let tail = len < w;
+            for &k in &self.reads {
+                let buf = &mut b.bufs[k][..len];
+                match b.ops[k] {
+                    Operand::Strided { data, strides } => gather(data, strides, b.dims, base, buf),
+                    Operand::Output => buf.copy_from_slice(o),
+                    Operand::Contig(s) if tail => buf.copy_from_slice(&s[base..base + len]),
+                    Operand::Contig(_) | Operand::Splat(_) => {}
+                }
+            }
+            // SAFETY: the caller has `S`'s features.
+            let acc = unsafe { self.block::<S>(b, base, tail) };
+            if tail {
+                let mut last = [0.0f32; MAX_W];
+                // SAFETY: `last` holds `w <= MAX_W` elements.
+                unsafe { store::<S>(acc, last.as_mut_ptr()) };
+                o.copy_from_slice(&last[..len]);
+            } else {
+                // SAFETY: a full block: `o` holds `w` elements.
+                unsafe { store::<S>(acc, o.as_mut_ptr()) };
+            }
+        }
+    }
+
+    /// One block's result.
+    ///
+    /// # Safety
+    /// The CPU has `S`'s vector set.
+    #[inline(always)]
+    unsafe fn block<S: Simd>(&self, b: &mut Block<'_, '_>, base: usize, tail: bool) -> Acc<S::V> {
+        // SAFETY (all below): the CPU has `S`'s features; every pointer
+        // read or written holds `8 * S::LANES` elements (`opd`, `regs`).
+        unsafe {
+            let mut acc = splat::<S>(0.0);
+            for op in &self.ops {
+                match *op {
+                    Op::Load(arg) => acc = b.opd::<S>(arg, base, tail, acc),
+                    Op::Store(r) => store::<S>(acc, b.regs[r].as_mut_ptr()),
+                    Op::Unary(u) => acc = unary::<S>(u, acc),
+                    Op::Binary { op, arg, rev } => {
+                        let x = b.opd::<S>(arg, base, tail, acc);
+                        acc = if rev {
+                            binary::<S>(op, x, acc)
+                        } else {
+                            binary::<S>(op, acc, x)
+                        };
+                    }
+                }
+            }
+            acc
+        }
+    }
+}
+
+/// What a block reads: the operands, their per-block buffers and the
+/// stored values.
+struct Block<'b, 'a> {
+    ops: &'b [&'b Operand<'a, f32>],
+    dims: &'b [usize],
+    bufs: &'b mut [[f32; MAX_W]],
+    regs: &'b mut [[f32; MAX_W]],
+}
+
+impl Block<'_, '_> {
+    /// `arg`'s elements of the block at `base`.
+    ///
+    /// # Safety
+    /// The CPU has `S`'s vector set, and `Machine::run` checked that every
+    /// row-major operand the program reads reaches past this block.
+    #[inline(always)]
+    unsafe fn opd<S: Simd>(&self, arg: Arg, base: usize, tail: bool, acc: Acc<S::V>) -> Acc<S::V> {
+        // SAFETY: as the caller guarantees; each pointer has `8 * LANES`
+        // elements.
+        unsafe {
+            match arg {
+                Arg::Splat(x) => splat::<S>(x),
+                Arg::Input(k) => match self.ops[k] {
+                    Operand::Contig(s) if !tail => load::<S>(s[base..base + 8 * S::LANES].as_ptr()),
+                    _ => load::<S>(self.bufs[k].as_ptr()),
+                },
+                Arg::Reg(r) => load::<S>(self.regs[r].as_ptr()),
+                Arg::Acc => acc,
+            }
+        }
+    }
+}
+
+/// The accumulator: eight vectors.
+#[derive(Clone, Copy)]
+struct Acc<V>(V, V, V, V, V, V, V, V);
+
+/// One x86 vector set's f32 operations, each with [`Element`]'s exact
+/// semantics for f32.
+trait Simd {
+    type V: Copy;
+    const LANES: usize;
+    /// # Safety
+    /// For all methods: the CPU has this vector set; pointers are valid
+    /// for `LANES` elements.
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    /// `a >= b ? a : b`, NaN when either is NaN.
+    unsafe fn max2(a: Self::V, b: Self::V) -> Self::V;
+    /// `a <= b ? a : b`, NaN when either is NaN.
+    unsafe fn min2(a: Self::V, b: Self::V) -> Self::V;
+    /// `x < 0 ? 0 : x` (NaN stays NaN).
+    unsafe fn relu(x: Self::V) -> Self::V;
+    /// Clears the sign bit.
+    unsafe fn abs(x: Self::V) -> Self::V;
+    /// Flips the sign bit.
+    unsafe fn neg(x: Self::V) -> Self::V;
+    unsafe fn sqrt(x: Self::V) -> Self::V;
+}
+
+#[derive(Clone, Copy)]
+struct Avx512;
+
+impl Simd for Avx512 {
+    type V = __m512;
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: `p` has 16 elements.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        // SAFETY: `p` has room for 16 elements.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max2(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            let pick = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(a, b), b, a);
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b);
+            _mm512_mask_blend_ps(nan, pick, _mm512_set1_ps(f32::NAN))
+        }
+    }
+    #[inline(always)]
+    unsafe fn min2(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            let pick = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(a, b), b, a);
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b);
+            _mm512_mask_blend_ps(nan, pick, _mm512_set1_ps(f32::NAN))
+        }
+    }
+    #[inline(always)]
+    unsafe fn relu(x: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            let zero = _mm512_setzero_ps();
+            _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero), x, zero)
+        }
+    }
+    #[inline(always)]
+    unsafe fn abs(x: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            _mm512_castsi512_ps(_mm512_and_si512(
+                _mm512_castps_si512(x),
+                _mm512_set1_epi32(i32::MAX),
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn neg(x: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            _mm512_castsi512_ps(_mm512_xor_si512(
+                _mm512_castps_si512(x),
+                _mm512_set1_epi32(i32::MIN),
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn sqrt(x: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm512_sqrt_ps(x) }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Avx2;
+
+impl Simd for Avx2 {
+    type V = __m256;
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: `p` has 8 elements.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        // SAFETY: `p` has room for 8 elements.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max2(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            // blendv takes the second operand where the mask is set.
+            let pick = _mm256_blendv_ps(b, a, _mm256_cmp_ps::<_CMP_GE_OQ>(a, b));
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(a, b);
+            _mm256_blendv_ps(pick, _mm256_set1_ps(f32::NAN), nan)
+        }
+    }
+    #[inline(always)]
+    unsafe fn min2(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            let pick = _mm256_blendv_ps(b, a, _mm256_cmp_ps::<_CMP_LE_OQ>(a, b));
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(a, b);
+            _mm256_blendv_ps(pick, _mm256_set1_ps(f32::NAN), nan)
+        }
+    }
+    #[inline(always)]
+    unsafe fn relu(x: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            let zero = _mm256_setzero_ps();
+            _mm256_blendv_ps(x, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(x, zero))
+        }
+    }
+    #[inline(always)]
+    unsafe fn abs(x: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX))) }
+    }
+    #[inline(always)]
+    unsafe fn neg(x: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_xor_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN))) }
+    }
+    #[inline(always)]
+    unsafe fn sqrt(x: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_sqrt_ps(x) }
+    }
+}
+
+/// # Safety
+/// The CPU has `S`'s vector set.
+#[inline(always)]
+unsafe fn splat<S: Simd>(x: f32) -> Acc<S::V> {
+    // SAFETY: as the caller guarantees.
+    let v = unsafe { S::splat(x) };
+    Acc(v, v, v, v, v, v, v, v)
+}
+
+/// # Safety
+/// The CPU has `S`'s vector set; `p` has `8 * S::LANES` elements.
+#[inline(always)]
+unsafe fn load<S: Simd>(p: *const f32) -> Acc<S::V> {
+    let l = S::LANES;
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        Acc(
+            S::load(p),
+            S::load(p.add(l)),
+            S::load(p.add(2 * l)),
+            S::load(p.add(3 * l)),
+            S::load(p.add(4 * l)),
+            S::load(p.add(5 * l)),
+            S::load(p.add(6 * l)),
+            S::load(p.add(7 * l)),
+        )
+    }
+}
+
+/// # Safety
+/// The CPU has `S`'s vector set; `p` has room for `8 * S::LANES` elements.
+#[inline(always)]
+unsafe fn store<S: Simd>(a: Acc<S::V>, p: *mut f32) {
+    let l = S::LANES;
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        S::store(p, a.0);
+        S::store(p.add(l), a.1);
+        S::store(p.add(2 * l), a.2);
+        S::store(p.add(3 * l), a.3);
+        S::store(p.add(4 * l), a.4);
+        S::store(p.add(5 * l), a.5);
+        S::store(p.add(6 * l), a.6);
+        S::store(p.add(7 * l), a.7);
+    }
+}
+
+/// Applies `f` to each of the eight vectors.
+#[inline(always)]
+fn map<V: Copy>(a: Acc<V>, f: impl Fn(V) -> V) -> Acc<V> {
+    Acc(
+        f(a.0),
+        f(a.1),
+        f(a.2),
+        f(a.3),
+        f(a.4),
+        f(a.5),
+        f(a.6),
+        f(a.7),
+    )
+}
+
+/// Applies `f` to each pair of vectors.
+#[inline(always)]
+fn zip<V: Copy>(a: Acc<V>, b: Acc<V>, f: impl Fn(V, V) -> V) -> Acc<V> {
+    Acc(
+        f(a.0, b.0),
+        f(a.1, b.1),
+        f(a.2, b.2),
+        f(a.3, b.3),
+        f(a.4, b.4),
+        f(a.5, b.5),
+        f(a.6, b.6),
+        f(a.7, b.7),
+    )
+}
+
+/// `f` lane by lane, through memory: the ops with no vector instruction.
+///
+/// # Safety
+/// The CPU has `S`'s vector set.
+#[inline(always)]
+unsafe fn lanes1<S: Simd>(a: Acc<S::V>, f: impl Fn(f32) -> f32) -> Acc<S::V> {
+    let mut t = [0.0f32; MAX_W];
+    // SAFETY: `t` has room for `8 * S::LANES <= MAX_W` elements.
+    unsafe {
+        store::<S>(a, t.as_mut_ptr());
+        t[..8 * S::LANES].iter_mut().for_each(|x| *x = f(*x));
+        load::<S>(t.as_ptr())
+    }
+}
+
+/// [`lanes1`] for binary ops.
+///
+/// # Safety
+/// The CPU has `S`'s vector set.
+#[inline(always)]
+unsafe fn lanes2<S: Simd>(a: Acc<S::V>, b: Acc<S::V>, f: impl Fn(f32, f32) -> f32) -> Acc<S::V> {
+    let mut t = [0.0f32; MAX_W];
+    let mut u = [0.0f32; MAX_W];
+    // SAFETY: `t` and `u` have room for `8 * S::LANES <= MAX_W` elements.
+    unsafe {
+        store::<S>(a, t.as_mut_ptr());
+        store::<S>(b, u.as_mut_ptr());
+        let w = 8 * S::LANES;
+        t[..w]
+            .iter_mut()
+            .zip(&u[..w])
+            .for_each(|(x, &y)| *x = f(*x, y));
+        load::<S>(t.as_ptr())
+    }
+}
+
+/// # Safety
+/// The CPU has `S`'s vector set.
+#[inline(always)]
+unsafe fn unary<S: Simd>(op: UnaryOp, a: Acc<S::V>) -> Acc<S::V> {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        match op {
+            UnaryOp::Neg => map(a, |v| S::neg(v)),
+            UnaryOp::Abs => map(a, |v| S::abs(v)),
+            UnaryOp::Relu => map(a, |v| S::relu(v)),
+            UnaryOp::Sqrt => map(a, |v| S::sqrt(v)),
+            UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Tanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Sin
+            | UnaryOp::Cos => lanes1::<S>(a, |x| super::chunk::unary_scalar(op, x)),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has `S`'s vector set.
+#[inline(always)]
+unsafe fn binary<S: Simd>(op: BinaryOp, a: Acc<S::V>, b: Acc<S::V>) -> Acc<S::V> {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        match op {
+            BinaryOp::Add => zip(a, b, |x, y| S::add(x, y)),
+            BinaryOp::Sub => zip(a, b, |x, y| S::sub(x, y)),
+            BinaryOp::Mul => zip(a, b, |x, y| S::mul(x, y)),
+            BinaryOp::Div => zip(a, b, |x, y| S::div(x, y)),
+            BinaryOp::Max => zip(a, b, |x, y| S::max2(x, y)),
+            BinaryOp::Min => zip(a, b, |x, y| S::min2(x, y)),
+            BinaryOp::Pow => lanes2::<S>(a, b, <f32 as Element>::pow),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+    use tensorgraph_core::{DType, FusedExpr, Instr, TensorType, Value};
+
+    use super::super::with_program;
+    use super::*;
+    use crate::element::KResult;
+
+    /// Floats with NaN, infinities, signed zeros and negatives among them.
+    fn floats(shape: &[usize], seed: u32) -> Value {
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, -1.0];
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(11);
+        let mut i = 0usize;
+        Value::F32(ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            i += 1;
+            match special.get(i % 41) {
+                Some(&x) => x,
+                None => (s % 4000) as f32 / 1000.0 - 2.0,
+            }
+        }))
+    }
+
+    fn expr(instrs: Vec<Instr>) -> FusedExpr {
+        let dtypes = vec![DType::F32; instrs.len()];
+        FusedExpr { instrs, dtypes }
+    }
+
+    /// The machine, on every vector set this CPU has, run whole and in
+    /// uneven parts (short last blocks, starts off a block edge), gives the
+    /// chunk program's bits.
+    fn same_as_chunks(e: &FusedExpr, inputs: &[&Value], dims: &[usize]) {
+        let out = TensorType::new(DType::F32, dims.to_vec());
+        let inputs: Vec<Option<&Value>> = inputs.iter().copied().map(Some).collect();
+        let n: usize = dims.iter().product();
+        let result: KResult<()> = with_program(e, &out, &inputs, |p| {
+            let mut want = vec![0.0f32; n];
+            p.run_chunks(0, &mut want, &mut p.scratch())?;
+            // Bits, but any NaN matches any NaN: which operand's NaN an
+            // add of two NaNs returns depends on how the compiler ordered
+            // the operands of a commutative op, in any build.
+            let bits = |v: &[f32]| {
+                v.iter()
+                    .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
+                    .collect::<Vec<_>>()
+            };
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Base) {
+                let m = Machine::compile(e, &p.operands, isa)?.expect("an f32 program");
+                for cut in [n, 37, 200, 1000] {
+                    let mut got = vec![0.0f32; n];
+                    for (i, part) in got.chunks_mut(cut.max(1)).enumerate() {
+                        m.run(isa, &p.operands, &p.dims, i * cut, part)?;
+                    }
+                    assert_eq!(bits(&got), bits(&want), "{isa:?}, parts of {cut}: {e}");
+                }
+            }
+            Ok(())
+        });
+        result.expect("runs");
+    }
+
+    /// Every op alone, on operands with ties and signed-zero pairs, both
+    /// ways round and against a literal.
+    #[test]
+    fn every_op_alone() {
+        use Instr::*;
+        let n = 300;
+        let x = floats(&[n], 8);
+        let y = match &x {
+            Value::F32(a) => Value::F32(ArrayD::from_shape_fn(IxDyn(&[n]), |i| {
+                let v = a[[i[0]]];
+                match i[0] % 4 {
+                    0 => v,              // a tie
+                    1 if v == 0.0 => -v, // +0 against -0
+                    2 => -v,
+                    _ => v * 0.5 - 1.0,
+                }
+            })),
+            v => v.clone(),
+        };
+        for op in UnaryOp::ALL {
+            same_as_chunks(&expr(vec![Input(0), Unary(op, 0)]), &[&x], &[n]);
+        }
+        let lit = tensorgraph_core::Scalar::F32(-0.0);
+        for op in BinaryOp::ALL {
+            for e in [
+                vec![Input(0), Input(1), Binary(op, 0, 1)],
+                vec![Input(0), Input(1), Binary(op, 1, 0)],
+                vec![Input(0), Scalar(lit), Binary(op, 1, 0)],
+                vec![Input(0), Scalar(lit), Binary(op, 0, 1)],
+                vec![Input(0), Binary(op, 0, 0)],
+            ] {
+                same_as_chunks(&expr(e), &[&x, &y], &[n]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_with_reversed_operands_and_literals() {
+        use BinaryOp::*;
+        use Instr::*;
+        let e = expr(vec![
+            Input(0),
+            Scalar(tensorgraph_core::Scalar::F32(1.5)),
+            Binary(Mul, 0, 1),
+            Scalar(tensorgraph_core::Scalar::F32(0.25)),
+            Binary(Sub, 3, 2), // literal - acc: reversed
+            Unary(UnaryOp::Relu, 4),
+            Binary(Mul, 5, 0),
+            Unary(UnaryOp::Abs, 6),
+            Unary(UnaryOp::Sqrt, 7),
+            Binary(Max, 8, 0),
+            Binary(Min, 0, 9), // operand op acc: reversed
+            Unary(UnaryOp::Neg, 10),
+            Binary(Div, 11, 0),
+        ]);
+        for n in [1, 63, 64, 129, 5000] {
+            same_as_chunks(&e, &[&floats(&[n], 1)], &[n]);
+        }
+    }
+
+    #[test]
+    fn values_read_again_later_are_kept_in_registers() {
+        use BinaryOp::*;
+        use Instr::*;
+        // a = x*y; b = exp(a); c = a + b; d = c * c; e = d - a; f = e pow y
+        let e = expr(vec![
+            Input(0),
+            Input(1),
+            Binary(Mul, 0, 1),
+            Unary(UnaryOp::Tanh, 2),
+            Binary(Add, 2, 3),
+            Binary(Mul, 4, 4),
+            Binary(Sub, 5, 2),
+            Binary(Pow, 6, 1),
+            Unary(UnaryOp::Sigmoid, 3),
+            Binary(Add, 7, 8),
+        ]);
+        let (x, y) = (floats(&[33, 70], 2), floats(&[33, 70], 3));
+        same_as_chunks(&e, &[&x, &y], &[33, 70]);
+    }
+
+    #[test]
+    fn broadcast_strided_and_splat_operands() {
+        use BinaryOp::*;
+        use Instr::*;
+        let e = expr(vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Binary(Add, 0, 1),
+            Binary(Mul, 3, 2),
+            Unary(UnaryOp::Exp, 4),
+            Unary(UnaryOp::Sin, 1),
+            Binary(Sub, 5, 6),
+        ]);
+        let x = floats(&[17, 130], 4);
+        let row = floats(&[130], 5);
+        let one = floats(&[1, 1], 6);
+        same_as_chunks(&e, &[&x, &row, &one], &[17, 130]);
+        // A transposed operand is read through strides.
+        let t = match floats(&[130, 17], 7) {
+            Value::F32(a) => Value::F32(a.reversed_axes()),
+            v => v,
+        };
+        same_as_chunks(&e, &[&x, &row, &t], &[17, 130]);
+    }
+
+    #[test]
+    fn programs_with_other_dtypes_or_casts_stay_on_chunks() {
+        let ints = FusedExpr {
+            instrs: vec![Instr::Input(0), Instr::Unary(UnaryOp::Neg, 0)],
+            dtypes: vec![DType::I32; 2],
+        };
+        let cast = FusedExpr {
+            instrs: vec![Instr::Input(0), Instr::Cast(DType::F32, 0)],
+            dtypes: vec![DType::I32, DType::F32],
+        };
+        let iv = Value::I32(ArrayD::zeros(IxDyn(&[4])));
+        for e in [ints, cast] {
+            let ty = TensorType::new(*e.dtypes.last().expect("dtype"), [4]);
+            let none: KResult<()> = with_program(&e, &ty, &[Some(&iv)], |p| {
+                assert!(
+                    Machine::compile(&e, &p.operands, Isa::best())?.is_none(),
+                    "{e}"
+                );
+                Ok(())
+            });
+            none.expect("compiles");
+        }
+    }
+}
