@@ -155,6 +155,31 @@ fn slots_of_the_wrong_count_or_type_are_rejected_before_running() {
 }
 
 #[test]
+fn bad_feeds_fail_before_any_slot_gives_up_its_storage() {
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [1000]).expect("x");
+    let y = (&x * 2.0).exp().expect("exp");
+    let plan = g
+        .compile(&[&y], &tensorgraph::options(Device::Cpu).expect("cpu"))
+        .expect("compile");
+    let xv = common::rand_f32(31, &[1000], -1.0, 1.0);
+    let mut slots = plan.run(&[("x", Value::from(xv.clone()))]).expect("run");
+    let (before, at) = (slots[0].clone(), addr(&slots[0]));
+    let err = plan
+        .run_into(&[("y", Value::from(xv.clone()))], &mut slots)
+        .expect_err("unknown feed");
+    assert!(matches!(err, Error::UnknownFeed { .. }), "{err}");
+    let err = plan.run_into(&[], &mut slots).expect_err("missing feed");
+    assert!(matches!(err, Error::MissingFeed { .. }), "{err}");
+    assert_eq!(slots[0], before, "a rejected run changed the slot");
+    assert_eq!(
+        addr(&slots[0]),
+        at,
+        "a rejected run took the slot's storage"
+    );
+}
+
+#[test]
 fn a_failed_run_leaves_slots_of_the_outputs_types_and_the_next_run_fills_them() {
     let fail = Arc::new(AtomicBool::new(true));
     let g = Graph::new();

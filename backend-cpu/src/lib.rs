@@ -333,10 +333,9 @@ impl Backend for CpuBackend {
     /// The slot's storage goes to the pool, where this run's kernels draw
     /// their outputs from; the default `take_into` then moves the result
     /// into the slot without a copy.
-    fn recycle(&self, slot: &mut Value) -> bool {
+    fn recycle(&self, slot: &mut Value) {
         let old = std::mem::replace(slot, Value::empty(slot.dtype()));
         self.store.pool().put(old);
-        true
     }
 
     fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {

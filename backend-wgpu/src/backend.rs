@@ -245,23 +245,32 @@ fn value_from_bytes(ty: &TensorType, bytes: &[u8]) -> std::result::Result<Value,
     Ok(value)
 }
 
-/// Copies `bytes` into `dst`'s elements, in logical order.
+/// Copies `bytes` (little-endian 4-byte elements, as the GPU stores them)
+/// into `dst`'s elements, in logical order.
 fn write_bytes(dst: &mut Value, bytes: &[u8]) -> std::result::Result<(), String> {
     fn copy<T: bytemuck::Pod>(a: &mut ArrayD<T>, bytes: &[u8]) -> std::result::Result<(), String> {
-        if a.len() * size_of::<T>() != bytes.len() {
+        if size_of::<T>() != 4 || a.len() * 4 != bytes.len() {
             return Err(format!(
                 "{} bytes downloaded for {} elements",
                 bytes.len(),
                 a.len()
             ));
         }
+        let word =
+            |b: &[u8]| bytemuck::cast::<u32, T>(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         match a.as_slice_mut() {
             // The mapped range may not be aligned for `T`: copy as bytes.
-            Some(s) => bytemuck::cast_slice_mut::<T, u8>(s).copy_from_slice(bytes),
+            Some(s) if cfg!(target_endian = "little") => {
+                bytemuck::cast_slice_mut::<T, u8>(s).copy_from_slice(bytes)
+            }
+            Some(s) => s
+                .iter_mut()
+                .zip(bytes.chunks_exact(4))
+                .for_each(|(x, b)| *x = word(b)),
             None => a
                 .iter_mut()
-                .zip(bytes.chunks_exact(size_of::<T>()))
-                .for_each(|(x, b)| *x = bytemuck::pod_read_unaligned(b)),
+                .zip(bytes.chunks_exact(4))
+                .for_each(|(x, b)| *x = word(b)),
         }
         Ok(())
     }
@@ -346,8 +355,10 @@ impl Backend for WgpuBackend {
                 Ok(())
             }
         });
-        self.free(buffer, meter)?;
-        landed.map_err(|m| self.error("download", m))
+        // The download's error, when there is one, is the one to report.
+        let freed = self.free(buffer, meter);
+        landed.map_err(|m| self.error("download", m))?;
+        freed
     }
 
     fn execute(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {

@@ -63,13 +63,12 @@ pub trait Backend: Send + Sync {
 
     /// Offered the host storage of a caller's output slot before a
     /// [`Plan::run_into`] computes that output here. A backend that
-    /// builds its results in host memory may take the storage for reuse
-    /// (leaving an empty array of the same dtype) and return `true`;
-    /// [`Backend::take_into`] then refills the slot. The default keeps
-    /// the slot as it is, for `take_into` to write into.
-    fn recycle(&self, slot: &mut Value) -> bool {
+    /// builds its results in host memory may take the storage for reuse,
+    /// leaving an empty array of the same dtype, for
+    /// [`Backend::take_into`] to refill. The default keeps the slot as it
+    /// is, for `take_into` to write into.
+    fn recycle(&self, slot: &mut Value) {
         let _ = slot;
-        false
     }
 
     /// [`Backend::take`] into `dst`: afterwards `dst` holds the buffer's

@@ -295,7 +295,7 @@ impl Plan {
                 edge(&mut out, v, &format!("s{i}"));
             }
         }
-        for (k, &v) in self.outputs.iter().enumerate() {
+        for (k, &v) in self.outputs().iter().enumerate() {
             let _ = writeln!(
                 out,
                 "  out{k} [label={}, shape=house, fillcolor=white];",

@@ -67,11 +67,13 @@ impl Plan {
     /// holds a value of its output's type, its contents unspecified.
     pub fn run_into(&self, feeds: &[(&str, Value)], outputs: &mut [Value]) -> Result<()> {
         self.check_slots(outputs)?;
-        let mut lent = vec![false; outputs.len()];
+        // Bad feeds fail here, before any slot gives up its storage.
+        let refs: Vec<(&str, &Value)> = feeds.iter().map(|(n, v)| (*n, v)).collect();
+        self.bind_feeds(&refs)?;
         let requested = self.outputs();
         for (i, &v) in requested.iter().enumerate() {
             if !requested[..i].contains(&v) {
-                lent[i] = self.backends[self.device_of(v)].recycle(&mut outputs[i]);
+                self.backends[self.device_of(v)].recycle(&mut outputs[i]);
             }
         }
         let result = self.run_inner(feeds, None, outputs);
@@ -330,15 +332,18 @@ impl Plan {
             Vec::with_capacity(self.outputs.len().saturating_sub(sink.len()));
         for (i, &v) in self.outputs.iter().enumerate() {
             if let Some(j) = self.outputs[..i].iter().position(|&u| u == v) {
-                let first = if j < sink.len() {
-                    &sink[j]
+                // Requested again: a copy of the first, into the slot's
+                // own storage when it has one.
+                if i < sink.len() {
+                    let (head, tail) = sink.split_at_mut(i);
+                    tail[0].clone_from(&head[j]);
                 } else {
-                    &rest[j - sink.len()]
-                }
-                .clone();
-                match sink.get_mut(i) {
-                    Some(slot) => slot.clone_from(&first),
-                    None => rest.push(first),
+                    let first = if j < sink.len() {
+                        &sink[j]
+                    } else {
+                        &rest[j - sink.len()]
+                    };
+                    rest.push(first.clone());
                 }
                 continue;
             }

@@ -147,10 +147,20 @@ impl Isa {
         static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *CHOSEN.get_or_init(|| {
             let best = Isa::best();
-            let asked = match std::env::var("TENSORGRAPH_CPU_ISA").as_deref() {
-                Ok("base") => Isa::Base,
-                Ok("avx2") => Isa::Avx2,
-                _ => best,
+            let asked = match std::env::var("TENSORGRAPH_CPU_ISA") {
+                Err(_) => best,
+                Ok(v) => match v.to_ascii_lowercase().as_str() {
+                    "base" => Isa::Base,
+                    "avx2" => Isa::Avx2,
+                    "avx512" => Isa::Avx512,
+                    _ => {
+                        tracing::warn!(
+                            target: "tensorgraph",
+                            "TENSORGRAPH_CPU_ISA={v:?} is none of base, avx2, avx512; using {best:?}"
+                        );
+                        best
+                    }
+                },
             };
             if asked < best { asked } else { best }
         })
@@ -161,11 +171,12 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
-                return Isa::Avx512;
-            }
+            // Each level includes the one below: the AVX-512 builds also
+            // enable AVX2 and FMA.
             if has!("avx2") && has!("fma") {
-                return Isa::Avx2;
+                let avx512 =
+                    has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq");
+                return if avx512 { Isa::Avx512 } else { Isa::Avx2 };
             }
         }
         Isa::Base
@@ -184,8 +195,8 @@ impl Isa {
 /// [`unary`] compiled for `isa`.
 #[inline]
 pub(super) fn unary_on<T: Element>(isa: Isa, op: UnaryOp, a: Src<'_, T>, d: &mut [T]) {
-    match isa {
-        // SAFETY: `Isa::detect` found every feature the wrapper enables.
+    match isa.min(Isa::best()) {
+        // SAFETY: `Isa::best` found every feature the wrapper enables.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { x86::unary_avx512(op, a, d) },
         // SAFETY: as above.
@@ -204,8 +215,8 @@ pub(super) fn binary_on<T: Element>(
     b: Src<'_, T>,
     d: &mut [T],
 ) {
-    match isa {
-        // SAFETY: `Isa::detect` found every feature the wrapper enables.
+    match isa.min(Isa::best()) {
+        // SAFETY: `Isa::best` found every feature the wrapper enables.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { x86::binary_avx512(op, a, b, d) },
         // SAFETY: as above.

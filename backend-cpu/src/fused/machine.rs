@@ -282,7 +282,15 @@ impl Machine {
                 Bound::I32(_) => Err("fused machine: an i32 operand".to_string()),
             })
             .collect::<KResult<_>>()?;
+        if isa > Isa::best() {
+            return Err(format!("fused machine: this CPU has no {isa:?}"));
+        }
         let end = start + out.len();
+        if end > dims.iter().product::<usize>() {
+            return Err(format!("fused machine: elements up to {end} of {dims:?}"));
+        }
+        // The operands must be those it was compiled for: a literal was
+        // folded in, and an operand read per block must not be one.
         for &k in &self.reads {
             match ops.get(k) {
                 Some(Operand::Contig(s)) if s.len() < end => {
@@ -290,6 +298,9 @@ impl Machine {
                         "fused machine: operand {k} has {} elements, not {end}",
                         s.len()
                     ));
+                }
+                Some(Operand::Splat(_)) => {
+                    return Err(format!("fused machine: operand {k} is now one element"));
                 }
                 Some(_) => {}
                 None => return Err(format!("fused machine: no operand {k}")),
@@ -304,7 +315,8 @@ impl Machine {
             regs: &mut regs,
         };
         match isa {
-            // SAFETY: `Isa::detect` found every feature these enable.
+            // SAFETY: `Isa::best` (checked above) found every feature these
+            // enable.
             Isa::Avx512 => unsafe { self.run_avx512(&mut block, start, out) },
             // SAFETY: as above.
             Isa::Avx2 => unsafe { self.run_avx2(&mut block, start, out) },

@@ -106,7 +106,16 @@ pub(super) fn gather<T: Copy>(
         dst.fill(data[0]);
         return;
     };
-    let mut idx = vec![0usize; rank];
+    // Called per block by the register machine: no allocation for the
+    // ranks anyone uses.
+    let mut small = [0usize; 8];
+    let mut large = Vec::new();
+    let idx: &mut [usize] = if rank <= small.len() {
+        &mut small[..rank]
+    } else {
+        large.resize(rank, 0);
+        &mut large
+    };
     let (mut rem, mut offset) = (start, 0usize);
     for ax in (0..rank).rev() {
         idx[ax] = rem % dims[ax];
