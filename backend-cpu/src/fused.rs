@@ -361,7 +361,21 @@ impl<'a> Program<'a> {
         })
     }
 
+    /// Scratch for one task: none when the register machine runs every
+    /// part, else the chunk registers.
     fn scratch(&self) -> Scratch {
+        #[cfg(target_arch = "x86_64")]
+        if self.machine.is_some() {
+            return Scratch {
+                f32: Vec::new(),
+                i32: Vec::new(),
+            };
+        }
+        self.chunk_scratch()
+    }
+
+    /// The chunk program's registers.
+    fn chunk_scratch(&self) -> Scratch {
         Scratch {
             f32: (0..self.regs[0]).map(|_| vec![0.0; CHUNK]).collect(),
             i32: (0..self.regs[1]).map(|_| vec![0; CHUNK]).collect(),

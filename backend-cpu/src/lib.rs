@@ -32,7 +32,7 @@ use tensorgraph_core::{
     Value,
 };
 
-use crate::element::{KResult, dispatch};
+use crate::element::{KResult, PAR_THRESHOLD, dispatch};
 use crate::pool::Alloc;
 use crate::store::{Held, Store};
 
@@ -193,6 +193,22 @@ impl CpuBackend {
     }
 }
 
+/// Whether every kernel path stays on one thread for `kernel`: each
+/// tensor it touches, and its work, below [`PAR_THRESHOLD`] (the size at
+/// which the kernels start splitting work).
+fn serial(kernel: &Kernel) -> bool {
+    let small = |t: &TensorType| t.shape.numel() < PAR_THRESHOLD;
+    let work = kernel.op.flops(&kernel.inputs, &kernel.outputs);
+    let prologue = match &kernel.op {
+        Op::ReducePrologue { shape, .. } => shape.numel() < PAR_THRESHOLD,
+        _ => true,
+    };
+    prologue
+        && work < PAR_THRESHOLD as u64
+        && kernel.inputs.iter().all(small)
+        && kernel.outputs.iter().all(small)
+}
+
 /// Calls a user closure, turning its error or panic into a message.
 fn run_custom(custom: &tensorgraph_core::CustomOp, inputs: &[&Value]) -> KResult<Vec<Value>> {
     let call = std::panic::AssertUnwindSafe(|| (custom.func)(inputs));
@@ -346,12 +362,19 @@ impl Backend for CpuBackend {
         {
             return self.run_step(step, env, segment.meter);
         }
-        self.install(|| {
+        let run = || {
             segment
                 .steps
                 .iter()
                 .try_for_each(|step| self.run_step(step, env, segment.meter))
-        })?;
+        };
+        // A segment of small kernels runs on the caller's thread: handing
+        // it to the pool (a wake-up and a wait) would cost more than it.
+        if segment.steps.iter().all(|s| serial(&s.kernel)) {
+            run()?;
+        } else {
+            self.install(run)?;
+        }
         self.own_feeds(segment, env)
     }
 

@@ -836,7 +836,7 @@ mod tests {
         let n: usize = dims.iter().product();
         let result: KResult<()> = with_program(e, &out, &inputs, |p| {
             let mut want = vec![0.0f32; n];
-            p.run_chunks(0, &mut want, &mut p.scratch())?;
+            p.run_chunks(0, &mut want, &mut p.chunk_scratch())?;
             // Bits, but any NaN matches any NaN: which operand's NaN an
             // add of two NaNs returns depends on how the compiler ordered
             // the operands of a commutative op, in any build.
