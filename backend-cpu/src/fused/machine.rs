@@ -36,6 +36,11 @@ use crate::element::{Element, KResult};
 /// The widest block: eight AVX-512 vectors.
 const MAX_W: usize = 128;
 
+/// Outputs of at least this many bytes are written with streaming stores:
+/// far past what the caches hold, so reading their lines in before
+/// overwriting them (what a plain store does) only costs bandwidth.
+const STREAM_BYTES: usize = 32 << 20;
+
 /// Where an op's second operand comes from.
 #[derive(Debug, Clone, Copy)]
 enum Arg {
@@ -275,6 +280,21 @@ impl Machine {
         start: usize,
         out: &mut [f32],
     ) -> KResult<()> {
+        // An output far larger than the caches is written around them.
+        let stream = dims.iter().product::<usize>() * 4 >= STREAM_BYTES;
+        self.run_with(isa, operands, dims, start, out, stream)
+    }
+
+    /// [`Machine::run`], streaming stores or not as told.
+    fn run_with(
+        &self,
+        isa: Isa,
+        operands: &[Bound<'_>],
+        dims: &[usize],
+        start: usize,
+        out: &mut [f32],
+        stream: bool,
+    ) -> KResult<()> {
         let ops: Vec<&Operand<'_, f32>> = operands
             .iter()
             .map(|b| match b {
@@ -317,31 +337,83 @@ impl Machine {
         match isa {
             // SAFETY: `Isa::best` (checked above) found every feature these
             // enable.
-            Isa::Avx512 => unsafe { self.run_avx512(&mut block, start, out) },
+            Isa::Avx512 => unsafe { self.run_avx512(&mut block, start, out, stream) },
             // SAFETY: as above.
-            Isa::Avx2 => unsafe { self.run_avx2(&mut block, start, out) },
+            Isa::Avx2 => unsafe { self.run_avx2(&mut block, start, out, stream) },
             Isa::Base => Err("fused machine: compiled for no vector set".into()),
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-    fn run_avx512(&self, block: &mut Block<'_, '_>, start: usize, out: &mut [f32]) -> KResult<()> {
+    fn run_avx512(
+        &self,
+        block: &mut Block<'_, '_>,
+        start: usize,
+        out: &mut [f32],
+        stream: bool,
+    ) -> KResult<()> {
         // SAFETY: this function runs only where AVX-512 is available.
-        unsafe { self.run_blocks::<Avx512>(block, start, out) };
+        unsafe { self.run_blocks::<Avx512>(block, start, out, stream) };
         Ok(())
     }
 
     #[target_feature(enable = "avx2,fma")]
-    fn run_avx2(&self, block: &mut Block<'_, '_>, start: usize, out: &mut [f32]) -> KResult<()> {
+    fn run_avx2(
+        &self,
+        block: &mut Block<'_, '_>,
+        start: usize,
+        out: &mut [f32],
+        stream: bool,
+    ) -> KResult<()> {
         // SAFETY: this function runs only where AVX2 is available.
-        unsafe { self.run_blocks::<Avx2>(block, start, out) };
+        unsafe { self.run_blocks::<Avx2>(block, start, out, stream) };
         Ok(())
     }
 
+    /// Runs the blocks of `out`; with `stream`, full blocks are written
+    /// with non-temporal stores (no read of the output's lines before
+    /// writing them, no eviction of what the caches hold), after a short
+    /// first block that brings the rest onto the vectors' alignment.
+    ///
     /// # Safety
     /// The CPU has `S`'s vector set.
     #[inline(always)]
-    unsafe fn run_blocks<S: Simd>(&self, b: &mut Block<'_, '_>, start: usize, out: &mut [f32]) {
+    unsafe fn run_blocks<S: Simd>(
+        &self,
+        b: &mut Block<'_, '_>,
+        start: usize,
+        out: &mut [f32],
+        stream: bool,
+    ) {
+        let head = if stream {
+            out.as_ptr().align_offset(S::ALIGN).min(out.len())
+        } else {
+            0
+        };
+        let (first, rest) = out.split_at_mut(head);
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            self.blocks::<S>(b, start, first, false);
+            self.blocks::<S>(b, start + head, rest, stream);
+            if stream {
+                // Streaming stores are weakly ordered: make them visible
+                // before anyone reads the output.
+                _mm_sfence();
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU has `S`'s vector set; with `stream`, `out` starts on a
+    /// multiple of `S::ALIGN` bytes.
+    #[inline(always)]
+    unsafe fn blocks<S: Simd>(
+        &self,
+        b: &mut Block<'_, '_>,
+        start: usize,
+        out: &mut [f32],
+        stream: bool,
+    ) {
         let w = 8 * S::LANES;
         for (i, o) in out.chunks_mut(w).enumerate() {
             let base = start + i * w;
@@ -364,8 +436,15 @@ impl Machine {
                 unsafe { store::<S>(acc, last.as_mut_ptr()) };
                 o.copy_from_slice(&last[..len]);
             } else {
-                // SAFETY: a full block: `o` holds `w` elements.
-                unsafe { store::<S>(acc, o.as_mut_ptr()) };
+                // SAFETY: a full block: `o` holds `w` elements, and with
+                // `stream` starts aligned (`w * 4` is a multiple of ALIGN).
+                unsafe {
+                    if stream {
+                        stream_store::<S>(acc, o.as_mut_ptr());
+                    } else {
+                        store::<S>(acc, o.as_mut_ptr());
+                    }
+                }
             }
         }
     }
@@ -463,6 +542,10 @@ trait Simd {
     /// Flips the sign bit.
     unsafe fn neg(x: Self::V) -> Self::V;
     unsafe fn sqrt(x: Self::V) -> Self::V;
+    /// Bytes a streaming store's address must be a multiple of.
+    const ALIGN: usize;
+    /// A non-temporal store; `p` is `ALIGN`-aligned.
+    unsafe fn stream(p: *mut f32, v: Self::V);
 }
 
 #[derive(Clone, Copy)]
@@ -471,6 +554,12 @@ struct Avx512;
 impl Simd for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
+    const ALIGN: usize = 64;
+    #[inline(always)]
+    unsafe fn stream(p: *mut f32, v: __m512) {
+        // SAFETY: `p` is 64-byte aligned with room for 16 elements.
+        unsafe { _mm512_stream_ps(p, v) }
+    }
     #[inline(always)]
     unsafe fn splat(x: f32) -> __m512 {
         // SAFETY: the caller runs with this vector set.
@@ -565,6 +654,12 @@ struct Avx2;
 impl Simd for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
+    const ALIGN: usize = 32;
+    #[inline(always)]
+    unsafe fn stream(p: *mut f32, v: __m256) {
+        // SAFETY: `p` is 32-byte aligned with room for 8 elements.
+        unsafe { _mm256_stream_ps(p, v) }
+    }
     #[inline(always)]
     unsafe fn splat(x: f32) -> __m256 {
         // SAFETY: the caller runs with this vector set.
@@ -688,6 +783,28 @@ unsafe fn store<S: Simd>(a: Acc<S::V>, p: *mut f32) {
         S::store(p.add(5 * l), a.5);
         S::store(p.add(6 * l), a.6);
         S::store(p.add(7 * l), a.7);
+    }
+}
+
+/// [`store`] with non-temporal stores.
+///
+/// # Safety
+/// The CPU has `S`'s vector set; `p` is `S::ALIGN`-aligned with room for
+/// `8 * S::LANES` elements.
+#[inline(always)]
+unsafe fn stream_store<S: Simd>(a: Acc<S::V>, p: *mut f32) {
+    let l = S::LANES;
+    // SAFETY: as the caller guarantees; each vector's address stays
+    // aligned (`l * 4` is a multiple of ALIGN).
+    unsafe {
+        S::stream(p, a.0);
+        S::stream(p.add(l), a.1);
+        S::stream(p.add(2 * l), a.2);
+        S::stream(p.add(3 * l), a.3);
+        S::stream(p.add(4 * l), a.4);
+        S::stream(p.add(5 * l), a.5);
+        S::stream(p.add(6 * l), a.6);
+        S::stream(p.add(7 * l), a.7);
     }
 }
 
@@ -847,12 +964,22 @@ mod tests {
             };
             for isa in Isa::available().into_iter().filter(|&i| i != Isa::Base) {
                 let m = Machine::compile(e, &p.operands, isa)?.expect("an f32 program");
-                for cut in [n, 37, 200, 1000] {
+                for (cut, stream) in [
+                    (n, false),
+                    (37, false),
+                    (200, true),
+                    (1000, true),
+                    (n, true),
+                ] {
                     let mut got = vec![0.0f32; n];
                     for (i, part) in got.chunks_mut(cut.max(1)).enumerate() {
-                        m.run(isa, &p.operands, &p.dims, i * cut, part)?;
+                        m.run_with(isa, &p.operands, &p.dims, i * cut, part, stream)?;
                     }
-                    assert_eq!(bits(&got), bits(&want), "{isa:?}, parts of {cut}: {e}");
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{isa:?}, parts of {cut}, streaming {stream}: {e}"
+                    );
                 }
             }
             Ok(())
