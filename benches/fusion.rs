@@ -1,8 +1,9 @@
 //! Fusion: an 8-op elementwise chain over 16M f32, fused by the compiler,
-//! against plain ndarray evaluated op by op and against a STREAM triad
-//! (`a = b + s * c`, rayon-parallel) over the same element count, all in
+//! against plain ndarray evaluated op by op and against STREAM triads
+//! (`a = b + s * c`, rayon-parallel; plain stores into a reused output,
+//! streaming stores, a new output) over the same element count, all in
 //! one run. Bytes reported are what the fused kernel moves (read x, write
-//! the result); the triad moves 12 bytes per element.
+//! the result); the triads move 12 bytes per element.
 
 use std::hint::black_box;
 use std::time::Duration;
