@@ -29,6 +29,7 @@ use std::arch::x86_64::*;
 
 use tensorgraph_core::{BinaryOp, FusedExpr, Instr, Scalar, UnaryOp};
 
+use super::args;
 use super::chunk::{Isa, fold_binary, fold_unary};
 use super::operand::{Bound, Operand, gather};
 use crate::element::{Element, KResult};
@@ -86,16 +87,6 @@ pub(super) struct Machine {
     reads: Vec<usize>,
 }
 
-/// The distinct instructions `instr` reads.
-fn reads(instr: &Instr) -> ([usize; 2], usize) {
-    match *instr {
-        Instr::Input(_) | Instr::Scalar(_) => ([0, 0], 0),
-        Instr::Unary(_, a) | Instr::Cast(_, a) => ([a, a], 1),
-        Instr::Binary(_, a, b) if a == b => ([a, a], 1),
-        Instr::Binary(_, a, b) => ([a, b], 2),
-    }
-}
-
 /// The compiler's state: the ops so far, which value the accumulator
 /// holds, and where stored values are.
 struct Build {
@@ -124,7 +115,7 @@ impl Build {
     /// it holds when an instruction after `i` still reads it.
     fn spill(&mut self, i: &Instr) {
         let Some(v) = self.acc else { return };
-        let (a, k) = reads(i);
+        let (a, k) = args(i);
         let after = self.uses[v] - usize::from(a[..k].contains(&v));
         if matches!(self.val[v], Val::Computed) && self.stored[v].is_none() && after > 0 {
             let r = self.free.pop().unwrap_or_else(|| {
@@ -147,7 +138,7 @@ impl Build {
 
     /// Instruction `i` has run: its operands have one reader fewer.
     fn consumed(&mut self, i: &Instr) {
-        let (a, k) = reads(i);
+        let (a, k) = args(i);
         for &v in &a[..k] {
             self.uses[v] -= 1;
             if self.uses[v] == 0
@@ -189,7 +180,7 @@ impl Machine {
         let n = expr.instrs.len();
         let mut uses = vec![0usize; n];
         for instr in &expr.instrs {
-            let (a, k) = reads(instr);
+            let (a, k) = args(instr);
             a[..k].iter().for_each(|&v| uses[v] += 1);
         }
         let mut b = Build {
