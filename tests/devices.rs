@@ -89,6 +89,44 @@ fn pinned_branches_run_where_pinned_with_one_transfer_per_value_and_device() {
     );
 }
 
+/// An input read first on the GPU and then on the CPU stays on the host
+/// and is uploaded once, rather than uploaded and downloaded again.
+#[test]
+fn a_source_read_on_both_devices_is_uploaded_once_and_never_downloaded() {
+    if !gpu_present() {
+        return;
+    }
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [70, 65]).expect("x");
+    let c = g.constant(common::rand_f32(8, &[65], -1.0, 1.0));
+    let a = g.on_device(Device::Gpu, |_| x.add(&c).expect("add").exp().expect("exp"));
+    let b = x.mul(&c).expect("mul").on(Device::Cpu);
+    let y = a.sub(&b).expect("sub").on(Device::Cpu);
+    let plan = g
+        .compile(&[&y], &tensorgraph::options(Device::Cpu).expect("options"))
+        .expect("compile");
+    let moves: Vec<(Device, Device, usize)> = plan
+        .steps()
+        .iter()
+        .filter_map(|s| match s.kernel.op {
+            Op::Transfer { from, to } => Some((from, to, s.inputs.len())),
+            _ => None,
+        })
+        .collect();
+    // x and c go up together; only the GPU's result comes down.
+    assert_eq!(
+        moves,
+        vec![(Device::Cpu, Device::Gpu, 2), (Device::Gpu, Device::Cpu, 1)],
+        "{:#?}",
+        plan.steps().iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let xv = common::rand_f32(9, &[70, 65], -1.0, 1.0);
+    let cv = common::rand_f32(8, &[65], -1.0, 1.0);
+    let out = plan.run(&[("x", Value::from(xv.clone()))]).expect("run");
+    let want = (&xv + &cv).mapv(f32::exp) - &xv * &cv;
+    common::assert_close(&common::f32_of(out[0].clone()), &want, 1e-5, 1e-5, "y");
+}
+
 #[test]
 fn cpu_branch_and_gpu_branch_overlap_in_time() {
     if !gpu_present() {

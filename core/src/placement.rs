@@ -72,19 +72,29 @@ pub(crate) fn place(
             },
         };
     }
-    // Sources upload straight to their first consumer's device.
+    // Sources live on the host when a host step reads them: the CPU
+    // backend holds feeds and constants without a copy, and a transfer
+    // from there is the one upload another device needs (placed on that
+    // device first, the host's copy would be a download). Otherwise they
+    // upload straight to their first consumer's device.
+    let host = backends.iter().position(|b| b.device() == Device::Cpu);
     let mut first_consumer: Vec<Option<usize>> = vec![None; steps.len()];
+    let mut read_on_host = vec![false; steps.len()];
     for (i, step) in steps.iter().enumerate() {
         for v in &step.inputs {
             let p = producer[v.0];
             if first_consumer[p].is_none() {
                 first_consumer[p] = Some(i);
             }
+            read_on_host[p] |= Some(device[i]) == host;
         }
     }
     for (i, step) in steps.iter().enumerate() {
         if step.kernel.op.is_source() {
-            device[i] = first_consumer[i].map_or(default, |c| device[c]);
+            device[i] = match host {
+                Some(h) if read_on_host[i] => h,
+                _ => first_consumer[i].map_or(default, |c| device[c]),
+            };
         }
     }
     Ok(device)

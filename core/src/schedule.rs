@@ -111,10 +111,25 @@ fn kind_of(step: &Step) -> TaskKind {
 pub(crate) fn tasks(steps: &[Step], levels: &[f64], values: usize) -> Vec<Task> {
     let mut tasks: Vec<Task> = Vec::new();
     let mut task_of = vec![0usize; steps.len()];
+    // Sources that another device reads (through a transfer) make tasks of
+    // their own, so the transfer carrying them waits for nothing else.
+    let mut crossing = vec![false; values];
+    for s in steps {
+        if let Op::Transfer { .. } = s.kernel.op {
+            s.inputs.iter().for_each(|v| crossing[v.0] = true);
+        }
+    }
+    let crosses: Vec<bool> = steps
+        .iter()
+        .map(|s| s.kernel.op.is_source() && s.outputs.iter().any(|v| crossing[v.0]))
+        .collect();
     for (i, s) in steps.iter().enumerate() {
         let kind = kind_of(s);
         let extend = tasks.last().is_some_and(|t: &Task| {
-            t.kind == TaskKind::Segment && kind == TaskKind::Segment && t.device == s.device
+            t.kind == TaskKind::Segment
+                && kind == TaskKind::Segment
+                && t.device == s.device
+                && crosses[t.steps.end - 1] == crosses[i]
         });
         if extend {
             if let Some(t) = tasks.last_mut() {
