@@ -102,8 +102,12 @@ fn a_source_read_on_both_devices_is_uploaded_once_and_never_downloaded() {
     let a = g.on_device(Device::Gpu, |_| x.add(&c).expect("add").exp().expect("exp"));
     let b = x.mul(&c).expect("mul").on(Device::Cpu);
     let y = a.sub(&b).expect("sub").on(Device::Cpu);
+    // x itself is returned too: from the host, not brought back.
     let plan = g
-        .compile(&[&y], &tensorgraph::options(Device::Cpu).expect("options"))
+        .compile(
+            &[&y, &x],
+            &tensorgraph::options(Device::Cpu).expect("options"),
+        )
         .expect("compile");
     let moves: Vec<(Device, Device, usize)> = plan
         .steps()
@@ -125,6 +129,7 @@ fn a_source_read_on_both_devices_is_uploaded_once_and_never_downloaded() {
     let out = plan.run(&[("x", Value::from(xv.clone()))]).expect("run");
     let want = (&xv + &cv).mapv(f32::exp) - &xv * &cv;
     common::assert_close(&common::f32_of(out[0].clone()), &want, 1e-5, 1e-5, "y");
+    assert_eq!(common::f32_of(out[1].clone()), xv, "x returned as fed");
 }
 
 #[test]

@@ -36,6 +36,11 @@ use crate::pool::{Alloc, Pooled};
 const CHUNK: usize = 2048;
 /// Most elements per rayon task (a run of chunks sharing one scratch).
 const MAX_TASK: usize = 64 * 1024;
+/// Outputs of at least this many bytes are written with streaming stores
+/// (by the register machine): far past what the caches hold, so reading
+/// their lines in before overwriting them, as a plain store does, only
+/// costs bandwidth.
+const STREAM_BYTES: usize = 32 << 20;
 
 /// Evaluates `expr` over `inputs` (each broadcasting to `out`'s shape).
 pub(crate) fn fused(expr: &FusedExpr, out: &TensorType, inputs: &[&Value]) -> KResult<Value> {
@@ -407,6 +412,10 @@ impl<'a> Program<'a> {
                 self.dims
             ));
         }
+        // A whole output far larger than the caches is written around
+        // them (where the machine runs); a part of one, as the prologue
+        // evaluates, is read back at once and is not.
+        let stream = n * size_of::<R>() >= STREAM_BYTES;
         if n >= PAR_THRESHOLD {
             let threads = rayon::current_num_threads().max(1);
             let task = (n / (4 * threads))
@@ -414,23 +423,38 @@ impl<'a> Program<'a> {
                 .next_multiple_of(CHUNK);
             out.par_chunks_mut(task)
                 .enumerate()
-                .try_for_each(|(t, part)| self.run_part(t * task, part, &mut self.scratch()))?;
+                .try_for_each(|(t, part)| {
+                    self.run_part_with(t * task, part, &mut self.scratch(), stream)
+                })?;
         } else if n > 0 {
-            self.run_part(0, out, &mut self.scratch())?;
+            self.run_part_with(0, out, &mut self.scratch(), stream)?;
         }
         Ok(())
     }
 
-    /// Runs the program over `part`, which starts at element `start`: the
-    /// register machine when there is one, else the chunk steps.
+    /// Runs the program over `part`, which starts at element `start`, with
+    /// plain stores.
     fn run_part<R: Lane>(&self, start: usize, part: &mut [R], s: &mut Scratch) -> KResult<()> {
+        self.run_part_with(start, part, s, false)
+    }
+
+    /// [`Program::run_part`]: the register machine when there is one
+    /// (streaming its stores when told to), else the chunk steps.
+    fn run_part_with<R: Lane>(
+        &self,
+        start: usize,
+        part: &mut [R],
+        s: &mut Scratch,
+        stream: bool,
+    ) -> KResult<()> {
         #[cfg(target_arch = "x86_64")]
         if let Some(m) = &self.machine
             && R::DTYPE == DType::F32
             && let Some(out) = R::as_f32(part)
         {
-            return m.run(self.isa, &self.operands, &self.dims, start, out);
+            return m.run(self.isa, &self.operands, &self.dims, start, out, stream);
         }
+        let _ = stream;
         self.run_chunks(start, part, s)
     }
 

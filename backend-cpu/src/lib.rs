@@ -176,13 +176,13 @@ impl CpuBackend {
             .collect()
     }
 
-    /// Gives every feed buffer of `segment` that outlives it (a requested
-    /// output, or an operand of a later task) its own copy, so it no
-    /// longer borrows from the run.
+    /// Gives every feed buffer of `segment` that the run returns its own
+    /// copy, for `take` (which has no run to borrow from). Later tasks and
+    /// transfers read other feed buffers through the run, without a copy.
     fn own_feeds(&self, segment: &Segment<'_>, env: &Env<'_>) -> Result<()> {
         for step in segment.steps {
             if let Op::Input { .. } = step.kernel.op {
-                for &v in &step.outputs {
+                for &v in step.outputs.iter().filter(|&&v| env.is_output(v)) {
                     if let Ok(buffer) = env.buffer(v) {
                         self.store.own_feed(buffer, env)?;
                     }
@@ -340,6 +340,23 @@ impl Backend for CpuBackend {
 
     fn download(&self, buffer: BufferId) -> Result<Value> {
         Ok(self.store.get_owned(buffer)?.as_ref().clone())
+    }
+
+    fn upload_owned(&self, value: Value, meter: &Meter) -> Result<BufferId> {
+        Ok(self.store.insert(Arc::new(value), meter))
+    }
+
+    /// The value (a borrowed feed included) goes to `to` as it is: no
+    /// host copy on the way.
+    fn transfer_to(
+        &self,
+        buffer: BufferId,
+        env: &Env<'_>,
+        to: &dyn Backend,
+        meter: &Meter,
+    ) -> Result<BufferId> {
+        let value = self.store.get(buffer, env)?;
+        to.upload(&value, meter)
     }
 
     fn take(&self, buffer: BufferId, meter: &Meter) -> Result<Value> {

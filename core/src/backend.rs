@@ -61,6 +61,27 @@ pub trait Backend: Send + Sync {
         value
     }
 
+    /// A new buffer holding `value`, which the backend may keep as it is.
+    /// The default uploads a copy.
+    fn upload_owned(&self, value: Value, meter: &Meter) -> Result<BufferId> {
+        self.upload(&value, meter)
+    }
+
+    /// Copies this backend's `buffer` (of the run `env`) into a new buffer
+    /// of `to`, metered on `meter`. The default goes through a host copy
+    /// ([`Backend::download`], then [`Backend::upload_owned`]); a backend
+    /// that holds host memory hands its value to `to.upload` directly.
+    fn transfer_to(
+        &self,
+        buffer: BufferId,
+        env: &Env<'_>,
+        to: &dyn Backend,
+        meter: &Meter,
+    ) -> Result<BufferId> {
+        let _ = env;
+        to.upload_owned(self.download(buffer)?, meter)
+    }
+
     /// Offered the host storage of a caller's output slot before a
     /// [`Plan::run_into`] computes that output here. A backend that
     /// builds its results in host memory may take the storage for reuse,
@@ -157,6 +178,8 @@ pub struct Env<'a> {
     readers_left: Vec<AtomicU32>,
     /// The backend index holding each value (the plan's).
     owner: &'a [usize],
+    /// The values the run returns.
+    outputs: &'a [ValueId],
     backends: &'a [Arc<dyn Backend>],
     meters: &'a [Meter],
     pub(crate) recorder: Option<&'a Recorder>,
@@ -194,6 +217,7 @@ impl<'a> Env<'a> {
             feeds,
             readers_left,
             owner: &plan.value_device,
+            outputs: &plan.outputs,
             backends: &plan.backends,
             meters,
             recorder,
@@ -238,6 +262,11 @@ impl<'a> Env<'a> {
             EMPTY => None,
             id => Some(BufferId(id - 1)),
         }
+    }
+
+    /// Whether the run returns `v` (its buffer outlives the run's steps).
+    pub fn is_output(&self, v: ValueId) -> bool {
+        self.outputs.contains(&v)
     }
 
     /// The host value fed for input `v`.

@@ -227,8 +227,12 @@ impl Plan {
         let to = &self.backends[step.device];
         for (&from_v, &to_v) in step.inputs.iter().zip(&step.outputs) {
             let from = self.device_of(from_v);
-            let host = self.backends[from].download(env.buffer(from_v)?)?;
-            let id = to.upload(&host, &meters[step.device])?;
+            let id = self.backends[from].transfer_to(
+                env.buffer(from_v)?,
+                env,
+                &**to,
+                &meters[step.device],
+            )?;
             env.set(to_v, id)?;
         }
         release_after(to.as_ref(), step, env)

@@ -89,6 +89,10 @@ pub(crate) fn place(
             read_on_host[p] |= Some(device[i]) == host;
         }
     }
+    // A source the run returns is read on the host too.
+    for v in outputs {
+        read_on_host[producer[v.0]] = true;
+    }
     for (i, step) in steps.iter().enumerate() {
         if step.kernel.op.is_source() {
             device[i] = match host {

@@ -76,6 +76,13 @@ pub(crate) fn order(
         let below = consumers[i].iter().map(|&c| level[c]).fold(0.0, f64::max);
         level[i] = cost(&steps[i]) + below;
     }
+    // Sources another device reads come first (they have no inputs), so
+    // they form one leading task and never split a segment in two.
+    for (i, s) in steps.iter().enumerate() {
+        if crosses(s, &steps, &consumers[i]) {
+            level[i] = f64::INFINITY;
+        }
+    }
     // Kahn's algorithm with a max-heap on the level; ties keep the
     // original order. Non-negative f64 order like their bit patterns.
     let mut heap: BinaryHeap<(u64, Reverse<usize>)> = (0..n)
@@ -96,6 +103,15 @@ pub(crate) fn order(
     let levels = order.iter().map(|&i| level[i]).collect();
     let steps = order.into_iter().filter_map(|i| slots[i].take()).collect();
     (steps, levels)
+}
+
+/// Whether `step` is a source read by a transfer (`readers` are the
+/// indices of the steps reading it).
+fn crosses(step: &Step, steps: &[Step], readers: &[usize]) -> bool {
+    step.kernel.op.is_source()
+        && readers
+            .iter()
+            .any(|&r| matches!(steps[r].kernel.op, Op::Transfer { .. }))
 }
 
 fn kind_of(step: &Step) -> TaskKind {

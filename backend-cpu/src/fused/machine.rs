@@ -37,11 +37,6 @@ use crate::element::{Element, KResult};
 /// The widest block: eight AVX-512 vectors.
 const MAX_W: usize = 128;
 
-/// Outputs of at least this many bytes are written with streaming stores:
-/// far past what the caches hold, so reading their lines in before
-/// overwriting them (what a plain store does) only costs bandwidth.
-const STREAM_BYTES: usize = 32 << 20;
-
 /// Where an op's second operand comes from.
 #[derive(Debug, Clone, Copy)]
 enum Arg {
@@ -263,21 +258,11 @@ impl Machine {
     /// Runs the program over `out`, elements `start..start + out.len()` of
     /// the output (row-major over `dims`). `isa` is the one it was
     /// compiled for.
+    /// Runs the program over `out`, elements `start..start + out.len()` of
+    /// the output (row-major over `dims`), with `isa`'s vectors, full
+    /// blocks written with streaming stores when `stream` (and the program
+    /// does not read the output in place, whose lines are then in cache).
     pub(super) fn run(
-        &self,
-        isa: Isa,
-        operands: &[Bound<'_>],
-        dims: &[usize],
-        start: usize,
-        out: &mut [f32],
-    ) -> KResult<()> {
-        // An output far larger than the caches is written around them.
-        let stream = dims.iter().product::<usize>() * 4 >= STREAM_BYTES;
-        self.run_with(isa, operands, dims, start, out, stream)
-    }
-
-    /// [`Machine::run`], streaming stores or not as told.
-    fn run_with(
         &self,
         isa: Isa,
         operands: &[Bound<'_>],
@@ -319,6 +304,7 @@ impl Machine {
         }
         let mut bufs = vec![[0.0f32; MAX_W]; ops.len()];
         let mut regs = vec![[0.0f32; MAX_W]; self.regs];
+        let stream = stream && !ops.iter().any(|o| matches!(o, Operand::Output));
         let mut block = Block {
             ops: &ops,
             dims,
@@ -964,7 +950,7 @@ mod tests {
                 ] {
                     let mut got = vec![0.0f32; n];
                     for (i, part) in got.chunks_mut(cut.max(1)).enumerate() {
-                        m.run_with(isa, &p.operands, &p.dims, i * cut, part, stream)?;
+                        m.run(isa, &p.operands, &p.dims, i * cut, part, stream)?;
                     }
                     assert_eq!(
                         bits(&got),
