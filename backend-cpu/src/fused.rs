@@ -415,7 +415,7 @@ impl<'a> Program<'a> {
         // A whole output far larger than the caches is written around
         // them (where the machine runs); a part of one, as the prologue
         // evaluates, is read back at once and is not.
-        let stream = n * size_of::<R>() >= STREAM_BYTES;
+        let stream = size_of_val(out) >= STREAM_BYTES;
         if n >= PAR_THRESHOLD {
             let threads = rayon::current_num_threads().max(1);
             let task = (n / (4 * threads))
