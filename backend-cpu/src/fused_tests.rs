@@ -187,6 +187,28 @@ fn chain_matches_unfused_and_ndarray_at_every_size() {
     }
 }
 
+/// An output past the streaming-store size (36 MB): the register machine
+/// writes its full blocks around the caches, its first and last blocks
+/// with plain stores; every element must still be right.
+#[test]
+fn an_output_large_enough_for_streaming_stores() {
+    use BinaryOp::*;
+    let n = 9_000_001;
+    let mut b = B::default();
+    let x = b.input(0, DType::F32);
+    let three = b.f(3.0);
+    let t = b.bin(Mul, x, three);
+    let t = b.un(UnaryOp::Abs, t);
+    b.bin(Sub, t, x);
+    let xv = floats(&[n], 5);
+    let got = run_fused(&b.0, &[&Value::F32(xv.clone())], &[n])
+        .expect("runs")
+        .into_f32()
+        .expect("f32");
+    let want = xv.mapv(|x| (x * 3.0).abs() - x);
+    assert_eq!(got, want);
+}
+
 #[test]
 fn broadcast_operands_row_column_and_bias() {
     use BinaryOp::*;
