@@ -62,9 +62,10 @@ impl Plan {
     /// a loop of `run_into` allocates no fresh output memory (and takes no
     /// page faults on it) once warm.
     ///
-    /// A slot count or type that differs from the outputs' is an error
-    /// before anything runs. When the run itself fails, every slot still
-    /// holds a value of its output's type, its contents unspecified.
+    /// A slot count or type that differs from the outputs', or a bad feed,
+    /// is an error before anything runs, and the slots are left as they
+    /// were. When the run itself fails, every slot still holds a value of
+    /// its output's type, its contents unspecified.
     pub fn run_into(&self, feeds: &[(&str, Value)], outputs: &mut [Value]) -> Result<()> {
         self.check_slots(outputs)?;
         // Bad feeds fail here, before any slot gives up its storage.
