@@ -59,18 +59,6 @@ impl WgpuBackend {
             .first()
             .ok_or("a fused kernel has one output")?;
         let program = FusedProgram::new(expr, &kernel.inputs, out)?;
-        let limits = &self.gpu.limits;
-        let storage = program.storage_buffers();
-        let max = limits.max_storage_buffers_per_shader_stage as usize;
-        if storage > max {
-            return Err(format!(
-                "fused kernel reads {} operands: {storage} storage buffers with its output, \
-                 past this adapter's max_storage_buffers_per_shader_stage ({max}); \
-                 split it into kernels of at most {} operands",
-                storage - 1,
-                max.saturating_sub(1)
-            ));
-        }
         // Header and shape rows, then one row pair per strided operand.
         let strided = program
             .access()
@@ -78,14 +66,7 @@ impl WgpuBackend {
             .filter(|a| **a == Access::Strided)
             .count();
         let params = 16 + 32 * (strided as u64 + 1);
-        if params > limits.max_uniform_buffer_binding_size {
-            return Err(format!(
-                "fused kernel broadcasts {strided} operands: {params} bytes of parameters, \
-                 past this adapter's max_uniform_buffer_binding_size ({})",
-                limits.max_uniform_buffer_binding_size
-            ));
-        }
-        Ok(())
+        self.check_bindings("fused kernel", program.storage_buffers(), 1, params)
     }
 
     /// Why the matmul epilogue `expr` cannot run as `kernel` here, if it
@@ -101,18 +82,8 @@ impl WgpuBackend {
             .first()
             .ok_or("a matmul epilogue has one output")?;
         let program = MatMulProgram::epilogue(expr, &kernel.inputs, out)?.with_views(false);
-        let storage = program.storage_buffers();
-        let max = self.gpu.limits.max_storage_buffers_per_shader_stage as usize;
-        if storage > max {
-            return Err(format!(
-                "matmul epilogue reads {} extra operands: {storage} storage buffers with \
-                 a, b and the output, past this adapter's max_storage_buffers_per_shader_stage \
-                 ({max}); at most {} extra operands fit",
-                storage - 3,
-                max.saturating_sub(3)
-            ));
-        }
-        Ok(())
+        // a, b and the output are its own; uniforms are fixed and small.
+        self.check_bindings("matmul epilogue", program.storage_buffers(), 3, 0)
     }
 
     /// Why the reduction prologue `expr` over `shape` cannot run as
@@ -137,22 +108,37 @@ impl WgpuBackend {
         }
         let program = FusedProgram::new(expr, &kernel.inputs, &reduced)
             .map_err(|e| format!("reduction prologue: {e}"))?;
-        let storage = program.storage_buffers();
-        let max = self.gpu.limits.max_storage_buffers_per_shader_stage as usize;
-        if storage > max {
-            return Err(format!(
-                "reduction prologue reads {} operands: {storage} storage buffers with its \
-                 output, past this adapter's max_storage_buffers_per_shader_stage ({max})",
-                storage - 1
-            ));
-        }
         let walked = program.access().iter().filter(|a| walked(**a)).count() as u64;
         let params = 32 + 64 + 64 * walked;
-        if params > self.gpu.limits.max_uniform_buffer_binding_size {
+        self.check_bindings("reduction prologue", program.storage_buffers(), 1, params)
+    }
+
+    /// `Err` when a generated kernel needs more storage buffers (`storage`,
+    /// `own` of them its fixed bindings, the rest operands) or uniform bytes
+    /// (`params`) than the adapter allows one shader.
+    fn check_bindings(
+        &self,
+        kernel: &str,
+        storage: usize,
+        own: usize,
+        params: u64,
+    ) -> std::result::Result<(), String> {
+        let limits = &self.gpu.limits;
+        let max = limits.max_storage_buffers_per_shader_stage as usize;
+        if storage > max {
             return Err(format!(
-                "reduction prologue walks {walked} operands: {params} bytes of parameters, \
-                 past this adapter's max_uniform_buffer_binding_size ({})",
-                self.gpu.limits.max_uniform_buffer_binding_size
+                "{kernel} reads {} operands: {storage} storage buffers with its own {own}, \
+                 past this adapter's max_storage_buffers_per_shader_stage ({max}); \
+                 split it into kernels of at most {} operands",
+                storage.saturating_sub(own),
+                max.saturating_sub(own)
+            ));
+        }
+        if params > limits.max_uniform_buffer_binding_size {
+            return Err(format!(
+                "{kernel} needs {params} bytes of parameters, past this adapter's \
+                 max_uniform_buffer_binding_size ({})",
+                limits.max_uniform_buffer_binding_size
             ));
         }
         Ok(())
