@@ -26,13 +26,7 @@ fn compile(b: &Arc<CpuBackend>, g: &Graph, outs: &[&Tensor], epilogues: bool) ->
 
 /// Deterministic pseudo-random floats in [-1, 1).
 fn floats(shape: &[usize], seed: u32) -> ArrayD<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        (s % 2000) as f32 / 1000.0 - 1.0
-    })
+    crate::test_data::xorshift_floats(shape, seed, 7, 1)
 }
 
 /// Deterministic pseudo-random integers in `[-span, span]`.

@@ -13,13 +13,7 @@ use crate::compute;
 
 /// Deterministic pseudo-random floats in [-2, 2).
 fn floats(shape: &[usize], seed: u32) -> ArrayD<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        (s % 4000) as f32 / 1000.0 - 2.0
-    })
+    crate::test_data::xorshift_floats(shape, seed, 7, 2)
 }
 
 /// Deterministic pseudo-random ints in [-50, 50).

@@ -22,6 +22,8 @@ mod pool_tests;
 mod reduce;
 mod store;
 #[cfg(test)]
+mod test_data;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

@@ -31,13 +31,7 @@ fn run(g: &Graph, outs: &[&Tensor], feeds: &[(&str, Value)]) -> Result<Vec<Value
 
 /// Deterministic pseudo-random floats in [-1, 1).
 fn floats(shape: &[usize], seed: u32) -> ArrayD<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        (s % 2000) as f32 / 1000.0 - 1.0
-    })
+    crate::test_data::xorshift_floats(shape, seed, 1, 1)
 }
 
 fn close(a: &ArrayD<f32>, b: &ArrayD<f32>, tol: f32) {

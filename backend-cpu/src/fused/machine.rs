@@ -902,18 +902,13 @@ mod tests {
     /// Floats with NaN, infinities, signed zeros and negatives among them.
     fn floats(shape: &[usize], seed: u32) -> Value {
         let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, -1.0];
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(11);
-        let mut i = 0usize;
-        Value::F32(ArrayD::from_shape_simple_fn(IxDyn(shape), || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            i += 1;
-            match special.get(i % 41) {
-                Some(&x) => x,
-                None => (s % 4000) as f32 / 1000.0 - 2.0,
+        let mut a = crate::test_data::xorshift_floats(shape, seed, 11, 2);
+        for (i, x) in a.iter_mut().enumerate() {
+            if let Some(&v) = special.get((i + 1) % 41) {
+                *x = v;
             }
-        }))
+        }
+        Value::F32(a)
     }
 
     fn expr(instrs: Vec<Instr>) -> FusedExpr {
