@@ -10,43 +10,23 @@ use std::sync::Arc;
 use common::*;
 use ndarray::{ArrayD, Axis, Ix2, IxDyn};
 use tensorgraph_core::{
-    Backend, BinaryOp, CompileOptions, DType, Device, FusedExpr, Instr, Kernel, Op, PassOptions,
-    Plan, ReduceOp, Tensor, TensorType, Value,
+    Backend, BinaryOp, DType, FusedExpr, Instr, Kernel, Op, PassOptions, Plan, ReduceOp, Tensor,
+    TensorType, Value,
 };
 use tensorgraph_wgpu::WgpuBackend;
 
 /// Compiles `outputs` for `gpu` with the default passes, epilogues on or off.
 fn compile_with(gpu: &Arc<WgpuBackend>, outputs: &[&Tensor], epilogues: bool) -> Plan {
-    let mut options = CompileOptions::new(Device::Gpu, vec![gpu.clone() as Arc<dyn Backend>]);
-    options.passes = PassOptions {
+    let passes = PassOptions {
         epilogues,
         ..Default::default()
     };
-    outputs[0]
-        .graph()
-        .compile(outputs, &options)
-        .expect("compiles for the GPU")
+    common::compile_passes(gpu, outputs, passes)
 }
 
 /// How many steps of `plan` run an op `is` accepts.
 fn count(plan: &Plan, is: impl Fn(&Op) -> bool) -> usize {
     plan.steps().iter().filter(|s| is(&s.kernel.op)).count()
-}
-
-/// Runs `plan`, asserting measured peak and allocations equal planned.
-fn run_as_planned(plan: &Plan, feeds: &[(&str, Value)], what: &str) -> Vec<Value> {
-    let (out, stats) = plan.run_with_stats(feeds).expect("runs on the GPU");
-    for (i, m) in plan.planned_memory().iter().enumerate() {
-        assert_eq!(
-            stats.peak_bytes[i], m.peak_bytes,
-            "{what}: peak on backend {i}"
-        );
-        assert_eq!(
-            stats.allocations[i], m.allocations,
-            "{what}: allocations on backend {i}"
-        );
-    }
-    out
 }
 
 /// Compiles `out` with and without the pass; asserts the fused plan holds
@@ -68,8 +48,8 @@ fn fused_and_plain(
         fused.steps()
     );
     assert_eq!(count(&plain, &is), 0, "{what}: plain plan");
-    let got = run_as_planned(&fused, feeds, what).remove(0);
-    let want = run_as_planned(&plain, feeds, what).remove(0);
+    let got = common::run_as_planned(&fused, feeds, what).remove(0);
+    let want = common::run_as_planned(&plain, feeds, what).remove(0);
     match want.as_f32() {
         Some(w) => assert_close(&got, w, 1e-6, &format!("{what}: fused vs unfused")),
         None => assert_eq!(got, want, "{what}: fused vs unfused"),
@@ -437,7 +417,7 @@ fn at_webgpu_default_limits_the_views_give_way() {
         assert_close(&got, &want, 1e-4, &what);
         // The same graph on the unrestricted device (with views) agrees.
         let plan = compile_with(&full, &[&y], true);
-        let with_views = run_as_planned(&plan, &feeds, &what).remove(0);
+        let with_views = common::run_as_planned(&plan, &feeds, &what).remove(0);
         assert_close(&got, with_views.as_f32().expect("f32"), 1e-6, &what);
     }
     assert_eq!(gpu.supports(&add_chain(4, 4, 4, 5)), Ok(()));

@@ -9,24 +9,22 @@ use std::sync::Arc;
 
 use common::*;
 use ndarray::{ArrayD, Axis, Ix2};
-use tensorgraph_core::{
-    Backend, CompileOptions, DType, Device, Graph, Op, PassOptions, Plan, Tensor, Value,
-};
+use tensorgraph_core::{Backend, DType, Graph, Op, PassOptions, Plan, Tensor, Value};
 use tensorgraph_wgpu::WgpuBackend;
 
 /// Compiles `outputs` for `gpu`, with every pass or none.
 fn compile_with(gpu: &Arc<WgpuBackend>, outputs: &[&Tensor], passes: bool) -> Plan {
-    let mut options = CompileOptions::new(Device::Gpu, vec![gpu.clone() as Arc<dyn Backend>]);
     // Epilogues would fold these fused tails into their matmuls; the tests
     // are about a fused step writing into a dying buffer.
-    options.passes.epilogues = false;
-    if !passes {
-        options.passes = PassOptions::none();
-    }
-    outputs[0]
-        .graph()
-        .compile(outputs, &options)
-        .expect("compiles for the GPU")
+    let passes = if passes {
+        PassOptions {
+            epilogues: false,
+            ..Default::default()
+        }
+    } else {
+        PassOptions::none()
+    };
+    common::compile_passes(gpu, outputs, passes)
 }
 
 /// `x @ w` on the host.
@@ -42,23 +40,6 @@ fn in_place_steps(plan: &Plan) -> Vec<(&'static str, usize)> {
         .iter()
         .filter_map(|s| s.in_place.map(|k| (s.kernel.op.name(), k)))
         .collect()
-}
-
-/// Runs `plan` and asserts every backend's measured peak and allocation
-/// count equal the planned ones.
-fn run_as_planned(plan: &Plan, feeds: &[(&str, Value)], what: &str) -> Vec<Value> {
-    let (out, stats) = plan.run_with_stats(feeds).expect("runs on the GPU");
-    for (i, m) in plan.planned_memory().iter().enumerate() {
-        assert_eq!(
-            stats.peak_bytes[i], m.peak_bytes,
-            "{what}: peak on backend {i}"
-        );
-        assert_eq!(
-            stats.allocations[i], m.allocations,
-            "{what}: allocations on backend {i}"
-        );
-    }
-    out
 }
 
 /// Builds `relu(x @ w * 2 + 1)` and, with a bias, `tanh(x @ w + b) * 0.5`
@@ -134,9 +115,9 @@ fn fused_steps_overwrite_the_dying_matmul_result() {
                 let feeds = feeds(m, k, n, seed);
                 let feeds = if bias { &feeds[..] } else { &feeds[..2] };
                 let want = reference(feeds, bias);
-                let got = run_as_planned(&plan, feeds, &what);
+                let got = common::run_as_planned(&plan, feeds, &what);
                 assert_close(&got[0], &want, 1e-4, &what);
-                let off = run_as_planned(&plain, feeds, &what);
+                let off = common::run_as_planned(&plain, feeds, &what);
                 let off = off[0].as_f32().expect("f32");
                 assert_close(&got[0], off, 1e-5, &format!("{what}: against passes off"));
             }
@@ -169,7 +150,7 @@ fn a_requested_operand_is_not_overwritten() {
         feeds[0].1.as_f32().expect("x"),
         feeds[1].1.as_f32().expect("w"),
     );
-    let got = run_as_planned(&plan, &feeds[..2], "y requested");
+    let got = common::run_as_planned(&plan, &feeds[..2], "y requested");
     assert_close(&got[1], &want_y, 1e-4, "y untouched");
     assert_close(&got[0], &reference(&feeds[..2], false), 1e-4, "z");
     drop(plan);
@@ -203,7 +184,7 @@ fn chained_fused_steps_each_run_in_place() {
     let mean = hv.sum_axis(Axis(1)).insert_axis(Axis(1)) / n as f32;
     let want = (&hv - &mean).mapv(|v| v.max(0.0));
     for _ in 0..3 {
-        let got = run_as_planned(&plan, &feeds[..2], "chain");
+        let got = common::run_as_planned(&plan, &feeds[..2], "chain");
         assert_close(&got[0], &want, 1e-4, "chain");
     }
     drop(plan);

@@ -7,7 +7,7 @@ pub mod reference;
 use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayD, Dimension, IxDyn};
-use tensorgraph_core::{Backend, CompileOptions, Device, Graph, Plan, Tensor, Value};
+use tensorgraph_core::{Backend, CompileOptions, Device, Graph, PassOptions, Plan, Tensor, Value};
 use tensorgraph_wgpu::WgpuBackend;
 
 /// Whether GPU tests must run (CI with lavapipe) instead of skipping.
@@ -36,9 +36,32 @@ pub fn gpu() -> Option<Arc<WgpuBackend>> {
 
 /// Compiles `outputs` for the GPU backend `b`.
 pub fn compile(b: &Arc<WgpuBackend>, outputs: &[&Tensor]) -> Plan {
+    compile_passes(b, outputs, PassOptions::default())
+}
+
+/// Compiles `outputs` for the GPU backend `b` with `passes`.
+pub fn compile_passes(b: &Arc<WgpuBackend>, outputs: &[&Tensor], passes: PassOptions) -> Plan {
     let g = outputs[0].graph();
-    let options = CompileOptions::new(Device::Gpu, vec![b.clone() as Arc<dyn Backend>]);
+    let mut options = CompileOptions::new(Device::Gpu, vec![b.clone() as Arc<dyn Backend>]);
+    options.passes = passes;
     g.compile(outputs, &options).expect("compiles for the GPU")
+}
+
+/// Runs `plan`, asserting every backend's measured peak and allocation
+/// count equal the planned ones.
+pub fn run_as_planned(plan: &Plan, feeds: &[(&str, Value)], what: &str) -> Vec<Value> {
+    let (out, stats) = plan.run_with_stats(feeds).expect("runs on the GPU");
+    for (i, m) in plan.planned_memory().iter().enumerate() {
+        assert_eq!(
+            stats.peak_bytes[i], m.peak_bytes,
+            "{what}: peak on backend {i}"
+        );
+        assert_eq!(
+            stats.allocations[i], m.allocations,
+            "{what}: allocations on backend {i}"
+        );
+    }
+    out
 }
 
 /// Compiles and runs `outputs` with `feeds`.
