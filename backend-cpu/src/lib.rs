@@ -369,7 +369,9 @@ impl Backend for CpuBackend {
     /// their outputs from; the default `take_into` then moves the result
     /// into the slot without a copy.
     fn recycle(&self, slot: &mut Value) {
-        let old = std::mem::replace(slot, Value::empty(slot.dtype()));
+        // A zero-element array allocates nothing.
+        let empty = Value::zeros(&TensorType::new(slot.dtype(), [0]));
+        let old = std::mem::replace(slot, empty);
         self.store.pool().put(old);
     }
 

@@ -41,16 +41,6 @@ impl Value {
         }
     }
 
-    /// An empty (zero-element, one-dimensional) array of `dtype`; it
-    /// allocates nothing.
-    pub fn empty(dtype: DType) -> Value {
-        let dims = ndarray::IxDyn(&[0]);
-        match dtype {
-            DType::F32 => Value::F32(ArrayD::zeros(dims)),
-            DType::I32 => Value::I32(ArrayD::zeros(dims)),
-        }
-    }
-
     /// The element type.
     pub fn dtype(&self) -> DType {
         match self {
