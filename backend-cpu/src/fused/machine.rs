@@ -7,11 +7,18 @@
 //! program runs over blocks of eight vectors (128 elements with AVX-512,
 //! 64 with AVX2) with its running value, the accumulator, held in eight
 //! vector registers, so an op costs one dispatch and eight vector
-//! instructions (four vectors measured 45% slower: the dispatch showed). A
-//! value read again later is stored to a block-sized register in L1 just
-//! before the accumulator is overwritten. Operands are read in place
-//! (row-major ones) or gathered per block (broadcast and strided ones, the
-//! in-place donor, and every operand of a short last block).
+//! instructions (four vectors measured 45% slower: the dispatch showed).
+//! Ops are flat: each names its operation and where its operand is, a
+//! literal or a slot of the block's pointer table, which holds every
+//! operand's elements of the block (set once per block) and the block
+//! registers. Resolving an operand per op through its kind, and a second
+//! dispatch on the operation, took 40% of the kernel's time. A value read
+//! again later is stored to a block register in L1 just before the
+//! accumulator is overwritten. Operands are read in place (row-major ones)
+//! or gathered per block (broadcast and strided ones, the in-place donor,
+//! and every operand of a short last block). Transcendental ops and `pow`
+//! run out of line, lane by lane, on block registers, so the hot loop
+//! never moves the accumulator to memory for them.
 //!
 //! Results are bit for bit those of the chunk program (NaNs being NaNs,
 //! whatever their sign and payload): the vector ops are
@@ -37,30 +44,53 @@ use crate::element::{Element, KResult};
 /// The widest block: eight AVX-512 vectors.
 const MAX_W: usize = 128;
 
-/// Where an op's second operand comes from.
+/// Where an op reads a value: a literal, a slot of the block's pointer
+/// table (an operand's elements of the block, or a block register), or
+/// the accumulator itself (`x op x`).
 #[derive(Debug, Clone, Copy)]
-enum Arg {
-    /// A literal (or an operand of one element).
+enum Src {
     Splat(f32),
-    /// Operand `k`'s elements of the block.
-    Input(usize),
-    /// A stored value.
-    Reg(usize),
-    /// The accumulator itself (`x op x`).
+    Slot(u32),
     Acc,
 }
 
-/// One op of the machine; all but `Store` overwrite the accumulator.
+/// One op of the machine. Ops are flat (one dispatch each, the operand's
+/// kind resolved by the compiler and the block's pointer table): a nested
+/// op-then-operand dispatch cost a third of the kernel's time. All but
+/// `Store`, `Lanes` and `Pow` overwrite the accumulator; those three write
+/// block registers, and the transcendental ones run out of line on memory
+/// so that the hot loop keeps the accumulator in registers.
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    Load(Arg),
-    Store(usize),
-    Unary(UnaryOp),
-    /// `acc = acc op arg`, or `arg op acc` when `rev`.
-    Binary {
-        op: BinaryOp,
-        arg: Arg,
-        rev: bool,
+    Load(Src),
+    /// Block register `slot` = the accumulator.
+    Store(u32),
+    Neg,
+    Abs,
+    Relu,
+    Sqrt,
+    /// `acc = acc op src`; the `Rev` forms are `src op acc`.
+    Add(Src),
+    Sub(Src),
+    SubRev(Src),
+    Mul(Src),
+    Div(Src),
+    DivRev(Src),
+    Max(Src),
+    MaxRev(Src),
+    Min(Src),
+    MinRev(Src),
+    /// Block register `slot` = `op` of itself, lane by lane.
+    Lanes {
+        op: UnaryOp,
+        slot: u32,
+    },
+    /// Block register `out` = `a` to the power `b`, lane by lane; `a` and
+    /// `b` are literals or slots.
+    Pow {
+        a: Src,
+        b: Src,
+        out: u32,
     },
 }
 
@@ -76,7 +106,10 @@ enum Val {
 #[derive(Debug)]
 pub(super) struct Machine {
     ops: Vec<Op>,
-    /// Block registers the stores need.
+    /// Operands it was compiled for: slots `0..operands` are theirs, the
+    /// block registers follow.
+    operands: usize,
+    /// Block registers the program uses.
     regs: usize,
     /// Operands the program reads that are not literals.
     reads: Vec<usize>,
@@ -89,21 +122,52 @@ struct Build {
     val: Vec<Val>,
     /// Later instructions reading each value.
     uses: Vec<usize>,
+    /// The block register holding each value, if stored.
     stored: Vec<Option<usize>>,
     acc: Option<usize>,
     free: Vec<usize>,
     regs: usize,
+    /// Operands: the first register's slot.
+    operands: usize,
 }
 
 impl Build {
+    /// Register `r`'s slot in the block's pointer table.
+    fn slot(&self, r: usize) -> u32 {
+        // Slots are few (operands plus registers); `compile` checked the
+        // total fits.
+        (self.operands + r) as u32
+    }
+
+    /// A free block register.
+    fn take_reg(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            self.regs += 1;
+            self.regs - 1
+        })
+    }
+
     /// Where value `v` can be read from, other than the accumulator.
-    fn arg(&self, v: usize) -> KResult<Arg> {
+    fn arg(&self, v: usize) -> KResult<Src> {
         match (self.val[v], self.stored[v]) {
-            (Val::Splat(x), _) => Ok(Arg::Splat(x)),
-            (Val::Input(k), _) => Ok(Arg::Input(k)),
-            (Val::Computed, Some(r)) => Ok(Arg::Reg(r)),
+            (Val::Splat(x), _) => Ok(Src::Splat(x)),
+            (Val::Input(k), _) => Ok(Src::Slot(k as u32)),
+            (Val::Computed, Some(r)) => Ok(Src::Slot(self.slot(r))),
             (Val::Computed, None) => Err(format!("fused machine: %{v} was not kept")),
         }
+    }
+
+    /// Where value `v` can be read from in memory: the accumulator's
+    /// value is stored to register `tmp` first, unless it was kept.
+    fn mem_arg(&mut self, v: usize, tmp: usize) -> KResult<Src> {
+        if self.acc == Some(v) && self.stored[v].is_none() {
+            let slot = self.slot(tmp);
+            if !matches!(self.ops.last(), Some(Op::Store(s)) if *s == slot) {
+                self.ops.push(Op::Store(slot));
+            }
+            return Ok(Src::Slot(slot));
+        }
+        self.arg(v)
     }
 
     /// Before instruction `i` overwrites the accumulator: stores the value
@@ -113,11 +177,8 @@ impl Build {
         let (a, k) = args(i);
         let after = self.uses[v] - usize::from(a[..k].contains(&v));
         if matches!(self.val[v], Val::Computed) && self.stored[v].is_none() && after > 0 {
-            let r = self.free.pop().unwrap_or_else(|| {
-                self.regs += 1;
-                self.regs - 1
-            });
-            self.ops.push(Op::Store(r));
+            let r = self.take_reg();
+            self.ops.push(Op::Store(self.slot(r)));
             self.stored[v] = Some(r);
         }
     }
@@ -129,6 +190,75 @@ impl Build {
             self.ops.push(Op::Load(arg));
         }
         Ok(())
+    }
+
+    /// `op(a)` into the accumulator.
+    fn unary(&mut self, op: UnaryOp, a: usize) -> KResult<()> {
+        self.load(a)?;
+        match op {
+            UnaryOp::Neg => self.ops.push(Op::Neg),
+            UnaryOp::Abs => self.ops.push(Op::Abs),
+            UnaryOp::Relu => self.ops.push(Op::Relu),
+            UnaryOp::Sqrt => self.ops.push(Op::Sqrt),
+            UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Tanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Sin
+            | UnaryOp::Cos => {
+                let r = self.take_reg();
+                let slot = self.slot(r);
+                self.ops.push(Op::Store(slot));
+                self.ops.push(Op::Lanes { op, slot });
+                self.ops.push(Op::Load(Src::Slot(slot)));
+                self.free_slot(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// `x op y` into the accumulator.
+    fn binary(&mut self, op: BinaryOp, x: usize, y: usize) -> KResult<()> {
+        if op == BinaryOp::Pow {
+            let tmp = self.take_reg();
+            let a = self.mem_arg(x, tmp)?;
+            let b = self.mem_arg(y, tmp)?;
+            let out = self.take_reg();
+            let out = self.slot(out);
+            self.ops.push(Op::Pow { a, b, out });
+            self.ops.push(Op::Load(Src::Slot(out)));
+            self.free_slot(out);
+            self.free.push(tmp);
+            return Ok(());
+        }
+        let (src, rev) = if x == y {
+            self.load(x)?;
+            (Src::Acc, false)
+        } else if self.acc == Some(y) {
+            (self.arg(x)?, true)
+        } else {
+            self.load(x)?;
+            (self.arg(y)?, false)
+        };
+        self.ops.push(match (op, rev) {
+            (BinaryOp::Add, _) => Op::Add(src),
+            (BinaryOp::Mul, _) => Op::Mul(src),
+            (BinaryOp::Sub, false) => Op::Sub(src),
+            (BinaryOp::Sub, true) => Op::SubRev(src),
+            (BinaryOp::Div, false) => Op::Div(src),
+            (BinaryOp::Div, true) => Op::DivRev(src),
+            (BinaryOp::Max, false) => Op::Max(src),
+            (BinaryOp::Max, true) => Op::MaxRev(src),
+            (BinaryOp::Min, false) => Op::Min(src),
+            (BinaryOp::Min, true) => Op::MinRev(src),
+            (BinaryOp::Pow, _) => unreachable!("pow handled above"),
+        });
+        Ok(())
+    }
+
+    /// A temporary register's slot is free again.
+    fn free_slot(&mut self, slot: u32) {
+        self.free.push(slot as usize - self.operands);
     }
 
     /// Instruction `i` has run: its operands have one reader fewer.
@@ -186,6 +316,7 @@ impl Machine {
             acc: None,
             free: Vec::new(),
             regs: 0,
+            operands: operands.len(),
         };
         for (i, instr) in expr.instrs.iter().enumerate() {
             let val = match *instr {
@@ -200,8 +331,7 @@ impl Machine {
                     Val::Splat(x) => Val::Splat(literal(fold_unary(op, Scalar::F32(x)))?),
                     _ => {
                         b.spill(instr);
-                        b.load(a)?;
-                        b.ops.push(Op::Unary(op));
+                        b.unary(op, a)?;
                         Val::Computed
                     }
                 },
@@ -211,16 +341,7 @@ impl Machine {
                     }
                     _ => {
                         b.spill(instr);
-                        let (arg, rev) = if x == y {
-                            b.load(x)?;
-                            (Arg::Acc, false)
-                        } else if b.acc == Some(y) {
-                            (b.arg(x)?, true)
-                        } else {
-                            b.load(x)?;
-                            (b.arg(y)?, false)
-                        };
-                        b.ops.push(Op::Binary { op, arg, rev });
+                        b.binary(op, x, y)?;
                         Val::Computed
                     }
                 },
@@ -234,9 +355,12 @@ impl Machine {
         // A result no op computed (a literal, an operand) is loaded.
         match b.val.last() {
             Some(Val::Computed) => {}
-            Some(&Val::Splat(x)) => b.ops.push(Op::Load(Arg::Splat(x))),
-            Some(&Val::Input(k)) => b.ops.push(Op::Load(Arg::Input(k))),
+            Some(&Val::Splat(x)) => b.ops.push(Op::Load(Src::Splat(x))),
+            Some(&Val::Input(k)) => b.ops.push(Op::Load(Src::Slot(k as u32))),
             None => return Err("fused machine: empty program".into()),
+        }
+        if u32::try_from(b.operands + b.regs).is_err() {
+            return Err("fused machine: too many operands and registers".into());
         }
         let mut reads: Vec<usize> = b
             .val
@@ -250,14 +374,49 @@ impl Machine {
         reads.dedup();
         Ok(Some(Machine {
             ops: b.ops,
+            operands: b.operands,
             regs: b.regs,
             reads,
         }))
     }
 
-    /// Runs the program over `out`, elements `start..start + out.len()` of
-    /// the output (row-major over `dims`). `isa` is the one it was
-    /// compiled for.
+    /// Whether the ops read only operands in `reads` and registers, and
+    /// write only registers: what `block` relies on for its unchecked
+    /// slot reads and writes.
+    fn slots_valid(&self) -> bool {
+        let total = self.operands + self.regs;
+        let read = |s: &Src| match *s {
+            Src::Slot(k) => {
+                let k = k as usize;
+                k < total && (k >= self.operands || self.reads.contains(&k))
+            }
+            Src::Splat(_) | Src::Acc => true,
+        };
+        let write = |k: u32| (self.operands..total).contains(&(k as usize));
+        self.ops.iter().all(|op| match op {
+            Op::Load(s)
+            | Op::Add(s)
+            | Op::Sub(s)
+            | Op::SubRev(s)
+            | Op::Mul(s)
+            | Op::Div(s)
+            | Op::DivRev(s)
+            | Op::Max(s)
+            | Op::MaxRev(s)
+            | Op::Min(s)
+            | Op::MinRev(s) => read(s),
+            Op::Store(k) | Op::Lanes { slot: k, .. } => write(*k),
+            Op::Pow { a, b, out } => {
+                read(a)
+                    && read(b)
+                    && write(*out)
+                    && !matches!(a, Src::Acc)
+                    && !matches!(b, Src::Acc)
+            }
+            Op::Neg | Op::Abs | Op::Relu | Op::Sqrt => true,
+        })
+    }
+
     /// Runs the program over `out`, elements `start..start + out.len()` of
     /// the output (row-major over `dims`), with `isa`'s vectors, full
     /// blocks written with streaming stores when `stream` (and the program
@@ -287,29 +446,41 @@ impl Machine {
         }
         // The operands must be those it was compiled for: a literal was
         // folded in, and an operand read per block must not be one.
+        if ops.len() != self.operands {
+            return Err(format!(
+                "fused machine: {} operands, compiled for {}",
+                ops.len(),
+                self.operands
+            ));
+        }
         for &k in &self.reads {
-            match ops.get(k) {
-                Some(Operand::Contig(s)) if s.len() < end => {
+            match ops[k] {
+                Operand::Contig(s) if s.len() < end => {
                     return Err(format!(
                         "fused machine: operand {k} has {} elements, not {end}",
                         s.len()
                     ));
                 }
-                Some(Operand::Splat(_)) => {
+                Operand::Splat(_) => {
                     return Err(format!("fused machine: operand {k} is now one element"));
                 }
-                Some(_) => {}
-                None => return Err(format!("fused machine: no operand {k}")),
+                _ => {}
             }
+        }
+        if !self.slots_valid() {
+            return Err("fused machine: an op reads or writes outside its slots".into());
         }
         let mut bufs = vec![[0.0f32; MAX_W]; ops.len()];
         let mut regs = vec![[0.0f32; MAX_W]; self.regs];
+        // Operand slots are set per block; register slots stay put.
+        let mut ptrs = vec![std::ptr::null_mut(); ops.len()];
+        ptrs.extend(regs.iter_mut().map(|r| r.as_mut_ptr()));
         let stream = stream && !ops.iter().any(|o| matches!(o, Operand::Output));
         let mut block = Block {
             ops: &ops,
             dims,
             bufs: &mut bufs,
-            regs: &mut regs,
+            ptrs,
         };
         match isa {
             // SAFETY: `Isa::best` (checked above) found every feature these
@@ -353,7 +524,7 @@ impl Machine {
     /// first block that brings the rest onto the vectors' alignment.
     ///
     /// # Safety
-    /// The CPU has `S`'s vector set.
+    /// The CPU has `S`'s vector set; `run`'s checks passed.
     #[inline(always)]
     unsafe fn run_blocks<S: Simd>(
         &self,
@@ -381,8 +552,8 @@ impl Machine {
     }
 
     /// # Safety
-    /// The CPU has `S`'s vector set; with `stream`, `out` starts on a
-    /// multiple of `S::ALIGN` bytes.
+    /// The CPU has `S`'s vector set; `run`'s checks passed; with `stream`,
+    /// `out` starts on a multiple of `S::ALIGN` bytes.
     #[inline(always)]
     unsafe fn blocks<S: Simd>(
         &self,
@@ -396,17 +567,32 @@ impl Machine {
             let base = start + i * w;
             let len = o.len();
             let tail = len < w;
+            // Each operand's elements of the block: read in place when
+            // row-major and whole, else gathered into its buffer.
             for &k in &self.reads {
-                let buf = &mut b.bufs[k][..len];
-                match b.ops[k] {
-                    Operand::Strided { data, strides } => gather(data, strides, b.dims, base, buf),
-                    Operand::Output => buf.copy_from_slice(o),
-                    Operand::Contig(s) if tail => buf.copy_from_slice(&s[base..base + len]),
-                    Operand::Contig(_) | Operand::Splat(_) => {}
-                }
+                let buf = &mut b.bufs[k];
+                b.ptrs[k] = match b.ops[k] {
+                    Operand::Contig(s) if !tail => s[base..base + w].as_ptr().cast_mut(),
+                    Operand::Contig(s) => {
+                        buf[..len].copy_from_slice(&s[base..base + len]);
+                        buf.as_mut_ptr()
+                    }
+                    Operand::Strided { data, strides } => {
+                        gather(data, strides, b.dims, base, &mut buf[..len]);
+                        buf.as_mut_ptr()
+                    }
+                    Operand::Output => {
+                        buf[..len].copy_from_slice(o);
+                        buf.as_mut_ptr()
+                    }
+                    // `run` rejected these.
+                    Operand::Splat(_) => std::ptr::null_mut(),
+                };
             }
-            // SAFETY: the caller has `S`'s features.
-            let acc = unsafe { self.block::<S>(b, base, tail) };
+            // SAFETY: the caller has `S`'s features; every slot the ops
+            // read holds `w` elements (`run` checked the ops' slots and
+            // the operands' lengths).
+            let acc = unsafe { self.block::<S>(&b.ptrs) };
             if tail {
                 let mut last = [0.0f32; MAX_W];
                 // SAFETY: `last` holds `w <= MAX_W` elements.
@@ -429,63 +615,153 @@ impl Machine {
     /// One block's result.
     ///
     /// # Safety
-    /// The CPU has `S`'s vector set.
+    /// The CPU has `S`'s vector set; every slot of `ptrs` an op reads or
+    /// writes points at `8 * S::LANES` elements, and written slots are
+    /// block registers no other slot aliases.
     #[inline(always)]
-    unsafe fn block<S: Simd>(&self, b: &mut Block<'_, '_>, base: usize, tail: bool) -> Acc<S::V> {
-        // SAFETY (all below): the CPU has `S`'s features; every pointer
-        // read or written holds `8 * S::LANES` elements (`opd`, `regs`).
+    unsafe fn block<S: Simd>(&self, ptrs: &[*mut f32]) -> Acc<S::V> {
+        let w = 8 * S::LANES;
+        // Helpers are functions, not closures: a closure does not inherit
+        // the caller's target features, is not inlined, and costs a call
+        // per op.
+        // SAFETY (all below): as the caller guarantees.
         unsafe {
             let mut acc = splat::<S>(0.0);
             for op in &self.ops {
-                match *op {
-                    Op::Load(arg) => acc = b.opd::<S>(arg, base, tail, acc),
-                    Op::Store(r) => store::<S>(acc, b.regs[r].as_mut_ptr()),
-                    Op::Unary(u) => acc = unary::<S>(u, acc),
-                    Op::Binary { op, arg, rev } => {
-                        let x = b.opd::<S>(arg, base, tail, acc);
-                        acc = if rev {
-                            binary::<S>(op, x, acc)
-                        } else {
-                            binary::<S>(op, acc, x)
-                        };
+                acc = match *op {
+                    Op::Load(s) => src::<S>(ptrs, s, acc),
+                    Op::Store(k) => {
+                        store::<S>(acc, at(ptrs, k));
+                        acc
                     }
-                }
+                    Op::Neg => map(acc, |v| S::neg(v)),
+                    Op::Abs => map(acc, |v| S::abs(v)),
+                    Op::Relu => map(acc, |v| S::relu(v)),
+                    Op::Sqrt => map(acc, |v| S::sqrt(v)),
+                    Op::Add(s) => zip(acc, src::<S>(ptrs, s, acc), |x, y| S::add(x, y)),
+                    Op::Sub(s) => zip(acc, src::<S>(ptrs, s, acc), |x, y| S::sub(x, y)),
+                    Op::SubRev(s) => zip(src::<S>(ptrs, s, acc), acc, |x, y| S::sub(x, y)),
+                    Op::Mul(s) => zip(acc, src::<S>(ptrs, s, acc), |x, y| S::mul(x, y)),
+                    Op::Div(s) => zip(acc, src::<S>(ptrs, s, acc), |x, y| S::div(x, y)),
+                    Op::DivRev(s) => zip(src::<S>(ptrs, s, acc), acc, |x, y| S::div(x, y)),
+                    Op::Max(s) => zip(acc, src::<S>(ptrs, s, acc), |x, y| S::max2(x, y)),
+                    Op::MaxRev(s) => zip(src::<S>(ptrs, s, acc), acc, |x, y| S::max2(x, y)),
+                    Op::Min(s) => zip(acc, src::<S>(ptrs, s, acc), |x, y| S::min2(x, y)),
+                    Op::MinRev(s) => zip(src::<S>(ptrs, s, acc), acc, |x, y| S::min2(x, y)),
+                    Op::Lanes { op, slot } => {
+                        lanes(op, at(ptrs, slot), w);
+                        acc
+                    }
+                    Op::Pow { a, b, out } => {
+                        pow_lanes(lane_src(a, ptrs), lane_src(b, ptrs), at(ptrs, out), w);
+                        acc
+                    }
+                };
             }
             acc
         }
     }
 }
 
-/// What a block reads: the operands, their per-block buffers and the
-/// stored values.
+/// Slot `k`'s pointer.
+///
+/// # Safety
+/// `k` is within `ptrs`.
+#[inline(always)]
+unsafe fn at(ptrs: &[*mut f32], k: u32) -> *mut f32 {
+    // SAFETY: as the caller guarantees.
+    unsafe { *ptrs.get_unchecked(k as usize) }
+}
+
+/// `s`'s elements of the block.
+///
+/// # Safety
+/// The CPU has `S`'s vector set; a slot is within `ptrs` and points at
+/// `8 * S::LANES` elements.
+#[inline(always)]
+unsafe fn src<S: Simd>(ptrs: &[*mut f32], s: Src, acc: Acc<S::V>) -> Acc<S::V> {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        match s {
+            Src::Splat(x) => splat::<S>(x),
+            Src::Slot(k) => load::<S>(at(ptrs, k)),
+            Src::Acc => acc,
+        }
+    }
+}
+
+/// What a block reads: the operands, their per-block buffers, and the
+/// pointer table the ops address by slot: operand `k`'s elements of the
+/// block at slot `k` (set per block), the block registers after them.
 struct Block<'b, 'a> {
     ops: &'b [&'b Operand<'a, f32>],
     dims: &'b [usize],
     bufs: &'b mut [[f32; MAX_W]],
-    regs: &'b mut [[f32; MAX_W]],
+    ptrs: Vec<*mut f32>,
 }
 
-impl Block<'_, '_> {
-    /// `arg`'s elements of the block at `base`.
+/// A lane-by-lane op's operand: a literal or a block's elements.
+#[derive(Clone, Copy)]
+enum LaneSrc {
+    Splat(f32),
+    At(*const f32),
+}
+
+impl LaneSrc {
+    /// Element `i`.
     ///
     /// # Safety
-    /// The CPU has `S`'s vector set, and `Machine::run` checked that every
-    /// row-major operand the program reads reaches past this block.
+    /// An `At` pointer has more than `i` elements.
     #[inline(always)]
-    unsafe fn opd<S: Simd>(&self, arg: Arg, base: usize, tail: bool, acc: Acc<S::V>) -> Acc<S::V> {
-        // SAFETY: as the caller guarantees; each pointer has `8 * LANES`
-        // elements.
-        unsafe {
-            match arg {
-                Arg::Splat(x) => splat::<S>(x),
-                Arg::Input(k) => match self.ops[k] {
-                    Operand::Contig(s) if !tail => load::<S>(s[base..base + 8 * S::LANES].as_ptr()),
-                    _ => load::<S>(self.bufs[k].as_ptr()),
-                },
-                Arg::Reg(r) => load::<S>(self.regs[r].as_ptr()),
-                Arg::Acc => acc,
-            }
+    unsafe fn get(self, i: usize) -> f32 {
+        match self {
+            LaneSrc::Splat(x) => x,
+            // SAFETY: as the caller guarantees.
+            LaneSrc::At(p) => unsafe { *p.add(i) },
         }
+    }
+}
+
+/// `s` for a lane-by-lane op (never the accumulator: the compiler stores
+/// it first).
+///
+/// # Safety
+/// A slot is within `ptrs`.
+#[inline(always)]
+unsafe fn lane_src(s: Src, ptrs: &[*mut f32]) -> LaneSrc {
+    match s {
+        Src::Splat(x) => LaneSrc::Splat(x),
+        // SAFETY: as the caller guarantees.
+        Src::Slot(k) => LaneSrc::At(unsafe { at(ptrs, k) }),
+        Src::Acc => LaneSrc::Splat(f32::NAN),
+    }
+}
+
+/// `p[..n] = op(p[..n])` lane by lane, with the chunk program's scalar
+/// functions. Out of line: the hot loop keeps its registers.
+///
+/// # Safety
+/// `p` is valid for reads and writes of `n` elements.
+#[inline(never)]
+unsafe fn lanes(op: UnaryOp, p: *mut f32, n: usize) {
+    // SAFETY: as the caller guarantees; nothing else reads or writes
+    // those elements meanwhile.
+    let v = unsafe { std::slice::from_raw_parts_mut(p, n) };
+    v.iter_mut()
+        .for_each(|x| *x = super::chunk::unary_scalar(op, *x));
+}
+
+/// `out[i] = a[i] ^ b[i]` for `i < n`.
+///
+/// # Safety
+/// `a` and `b` (when pointers) are readable and `out` writable for `n`
+/// elements; `out` may be `a` or `b`.
+#[inline(never)]
+unsafe fn pow_lanes(a: LaneSrc, b: LaneSrc, out: *mut f32, n: usize) {
+    for i in 0..n {
+        // SAFETY: as the caller guarantees; element `i` is read before
+        // it is written.
+        unsafe { *out.add(i) = <f32 as Element>::pow(a.get(i), b.get(i)) };
     }
 }
 
@@ -819,77 +1095,6 @@ fn zip<V: Copy>(a: Acc<V>, b: Acc<V>, f: impl Fn(V, V) -> V) -> Acc<V> {
 ///
 /// # Safety
 /// The CPU has `S`'s vector set.
-#[inline(always)]
-unsafe fn lanes1<S: Simd>(a: Acc<S::V>, f: impl Fn(f32) -> f32) -> Acc<S::V> {
-    let mut t = [0.0f32; MAX_W];
-    // SAFETY: `t` has room for `8 * S::LANES <= MAX_W` elements.
-    unsafe {
-        store::<S>(a, t.as_mut_ptr());
-        t[..8 * S::LANES].iter_mut().for_each(|x| *x = f(*x));
-        load::<S>(t.as_ptr())
-    }
-}
-
-/// [`lanes1`] for binary ops.
-///
-/// # Safety
-/// The CPU has `S`'s vector set.
-#[inline(always)]
-unsafe fn lanes2<S: Simd>(a: Acc<S::V>, b: Acc<S::V>, f: impl Fn(f32, f32) -> f32) -> Acc<S::V> {
-    let mut t = [0.0f32; MAX_W];
-    let mut u = [0.0f32; MAX_W];
-    // SAFETY: `t` and `u` have room for `8 * S::LANES <= MAX_W` elements.
-    unsafe {
-        store::<S>(a, t.as_mut_ptr());
-        store::<S>(b, u.as_mut_ptr());
-        let w = 8 * S::LANES;
-        t[..w]
-            .iter_mut()
-            .zip(&u[..w])
-            .for_each(|(x, &y)| *x = f(*x, y));
-        load::<S>(t.as_ptr())
-    }
-}
-
-/// # Safety
-/// The CPU has `S`'s vector set.
-#[inline(always)]
-unsafe fn unary<S: Simd>(op: UnaryOp, a: Acc<S::V>) -> Acc<S::V> {
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        match op {
-            UnaryOp::Neg => map(a, |v| S::neg(v)),
-            UnaryOp::Abs => map(a, |v| S::abs(v)),
-            UnaryOp::Relu => map(a, |v| S::relu(v)),
-            UnaryOp::Sqrt => map(a, |v| S::sqrt(v)),
-            UnaryOp::Exp
-            | UnaryOp::Log
-            | UnaryOp::Tanh
-            | UnaryOp::Sigmoid
-            | UnaryOp::Sin
-            | UnaryOp::Cos => lanes1::<S>(a, |x| super::chunk::unary_scalar(op, x)),
-        }
-    }
-}
-
-/// # Safety
-/// The CPU has `S`'s vector set.
-#[inline(always)]
-unsafe fn binary<S: Simd>(op: BinaryOp, a: Acc<S::V>, b: Acc<S::V>) -> Acc<S::V> {
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        match op {
-            BinaryOp::Add => zip(a, b, |x, y| S::add(x, y)),
-            BinaryOp::Sub => zip(a, b, |x, y| S::sub(x, y)),
-            BinaryOp::Mul => zip(a, b, |x, y| S::mul(x, y)),
-            BinaryOp::Div => zip(a, b, |x, y| S::div(x, y)),
-            BinaryOp::Max => zip(a, b, |x, y| S::max2(x, y)),
-            BinaryOp::Min => zip(a, b, |x, y| S::min2(x, y)),
-            BinaryOp::Pow => lanes2::<S>(a, b, <f32 as Element>::pow),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use ndarray::{ArrayD, IxDyn};
@@ -1038,6 +1243,49 @@ mod tests {
         ]);
         let (x, y) = (floats(&[33, 70], 2), floats(&[33, 70], 3));
         same_as_chunks(&e, &[&x, &y], &[33, 70]);
+    }
+
+    #[test]
+    fn lane_by_lane_ops_on_the_accumulator() {
+        use BinaryOp::*;
+        use Instr::*;
+        let lit = tensorgraph_core::Scalar::F32(1.5);
+        for e in [
+            // acc ^ acc, then acc ^ operand, operand ^ acc, literal ^ acc.
+            vec![Input(0), Unary(UnaryOp::Neg, 0), Binary(Pow, 1, 1)],
+            vec![
+                Input(0),
+                Input(1),
+                Unary(UnaryOp::Abs, 0),
+                Binary(Pow, 2, 1),
+            ],
+            vec![
+                Input(0),
+                Input(1),
+                Unary(UnaryOp::Abs, 0),
+                Binary(Pow, 1, 2),
+            ],
+            vec![
+                Input(0),
+                Scalar(lit),
+                Unary(UnaryOp::Abs, 0),
+                Binary(Pow, 1, 2),
+            ],
+            // A kept value and the accumulator both read around a
+            // transcendental op and a pow.
+            vec![
+                Input(0),
+                Unary(UnaryOp::Abs, 0),
+                Unary(UnaryOp::Exp, 1),
+                Binary(Pow, 2, 1),
+                Unary(UnaryOp::Log, 3),
+                Binary(Sub, 4, 1),
+                Binary(Pow, 1, 5),
+            ],
+        ] {
+            let (x, y) = (floats(&[517], 4), floats(&[517], 5));
+            same_as_chunks(&expr(e), &[&x, &y], &[517]);
+        }
     }
 
     #[test]
