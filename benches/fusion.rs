@@ -4,6 +4,10 @@
 //! streaming stores, a new output) over the same element count, all in
 //! one run. Bytes reported are what the fused kernel moves (read x, write
 //! the result); the triads move 12 bytes per element.
+//!
+//! `fused_chain8_gpu_16M` runs the chain's fused kernel, as the compiler
+//! lowers it for the GPU, on buffers already on the device, against a
+//! buffer-to-buffer copy of the same bytes (64 MB read, 64 MB written).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -186,5 +190,79 @@ fn fusion_in_cache(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fusion, fusion_in_cache);
+/// The chain's fused kernel on the GPU against a copy of the same bytes,
+/// both on device-resident buffers: `PER_SYNC` submissions, then one wait,
+/// per timed iteration (each kernel's own submission overlaps the GPU's
+/// work on the previous ones, as in a plan's segment). On a software
+/// adapter the figures say nothing about GPUs.
+#[cfg(feature = "gpu")]
+fn fusion_gpu(c: &mut Criterion) {
+    use std::time::Instant;
+    use tensorgraph::core::{Backend, Kernel, Meter, Op};
+    use tensorgraph_wgpu::WgpuBackend;
+
+    const PER_SYNC: u32 = 8;
+    let gpu = match WgpuBackend::new() {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            eprintln!("fused_chain8_gpu skipped: {e}");
+            return;
+        }
+    };
+    eprintln!("fused_chain8_gpu on {}", gpu.name());
+    // The fused kernel the compiler makes of the chain for the GPU.
+    let g = Graph::new();
+    let out = chain(&g);
+    let plan = g
+        .compile(&[&out], &tensorgraph::options(Device::Gpu).expect("gpu"))
+        .expect("compile");
+    let fused: Vec<&Kernel> = plan
+        .steps()
+        .iter()
+        .map(|s| &s.kernel)
+        .filter(|k| matches!(k.op, Op::Fused(_)))
+        .collect();
+    let [fused] = fused[..] else {
+        panic!("the chain should fuse into one kernel, got {}", fused.len());
+    };
+    let x = ArrayD::from_shape_fn(IxDyn(&[N]), |i| (i[0] % 1000) as f32 * 0.002 - 1.0);
+    let x = Value::from(x);
+    let meter = Meter::default();
+    let on_gpu = gpu.upload(&x, &meter).expect("upload");
+    // A same-type cast is lowered to `copy_buffer_to_buffer`.
+    let copy = Kernel {
+        op: Op::Cast(DType::F32),
+        inputs: vec![x.ty()],
+        outputs: vec![x.ty()],
+    };
+    let timed = |kernel: &Kernel, iters: u64| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            for _ in 0..PER_SYNC {
+                for y in gpu.run_kernel(kernel, &[on_gpu], &meter).expect("run") {
+                    gpu.free(y, &meter).expect("free");
+                }
+            }
+            gpu.synchronize().expect("sync");
+        }
+        start.elapsed() / PER_SYNC
+    };
+    let mut group = c.benchmark_group("fused_chain8_gpu_16M");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(4))
+        .throughput(Throughput::Bytes(8 * N as u64));
+    group.bench_function("buffer-copy", |b| b.iter_custom(|i| timed(&copy, i)));
+    group.bench_function("tensorgraph-gpu-fused", |b| {
+        b.iter_custom(|i| timed(fused, i))
+    });
+    group.finish();
+    gpu.free(on_gpu, &meter).expect("free");
+}
+
+#[cfg(not(feature = "gpu"))]
+fn fusion_gpu(_: &mut Criterion) {}
+
+criterion_group!(benches, fusion, fusion_in_cache, fusion_gpu);
 criterion_main!(benches);
