@@ -94,6 +94,56 @@ fn triad_avx(a: &mut [f32], b: &[f32], c: &[f32]) {
     _mm_sfence();
 }
 
+/// The chain as one compiled loop: what a JIT of the fused expression
+/// could reach. AVX-512, one vector through all eight ops at a time, the
+/// same NaN-propagating `max` and `relu` blends as the fused kernel, and
+/// streaming stores; rayon-parallel like the triads.
+#[cfg(target_arch = "x86_64")]
+fn chain_hand_written(x: &[f32], out: &mut [f32]) {
+    use rayon::prelude::*;
+    const PART: usize = 1 << 16;
+    out.par_chunks_mut(PART)
+        .zip(x.par_chunks(PART))
+        // SAFETY: the caller checked for AVX-512F.
+        .for_each(|(o, x)| unsafe { chain_avx512(x, o) });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn chain_avx512(x: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len().min(x.len());
+    let head = out.as_ptr().align_offset(64).min(n);
+    let body = head + (n - head) / 16 * 16;
+    let scalar = |x: f32| {
+        let t = (x * 1.5 + 0.5).max(0.0) * x - 0.25;
+        t.abs().sqrt().max(x) - x
+    };
+    for i in (0..head).chain(body..n) {
+        out[i] = scalar(x[i]);
+    }
+    let max = |a: __m512, b: __m512| {
+        let pick = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(a, b), b, a);
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b);
+        _mm512_mask_blend_ps(nan, pick, _mm512_set1_ps(f32::NAN))
+    };
+    for i in (head..body).step_by(16) {
+        // SAFETY: `i + 16 <= body <= n` for both slices; `out + i` is
+        // 64-byte aligned (`head` aligned it, steps are 64 bytes).
+        unsafe {
+            let v = _mm512_loadu_ps(x.as_ptr().add(i));
+            let zero = _mm512_setzero_ps();
+            let t = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.5)), _mm512_set1_ps(0.5));
+            let t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, zero), t, zero);
+            let t = _mm512_sub_ps(_mm512_mul_ps(t, v), _mm512_set1_ps(0.25));
+            let t = _mm512_abs_ps(t);
+            let t = _mm512_sub_ps(max(_mm512_sqrt_ps(t), v), v);
+            _mm512_stream_ps(out.as_mut_ptr().add(i), t);
+        }
+    }
+    _mm_sfence();
+}
+
 fn fusion(c: &mut Criterion) {
     let mut group = c.benchmark_group("fused_chain8_16M");
     group
@@ -129,6 +179,19 @@ fn fusion(c: &mut Criterion) {
     group.bench_function("stream-triad-new-output", |bench| {
         bench.iter(|| black_box(Zip::from(&b).and(&cc).par_map_collect(|&b, &c| b + 3.0 * c)))
     });
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let want = chain_ndarray(&x);
+        let (x, a) = (x.as_slice().expect("x"), a.as_slice_mut().expect("a"));
+        chain_hand_written(x, a);
+        assert_eq!(a, want.as_slice().expect("want"), "the hand-written chain");
+        group.bench_function("hand-written-avx512-loop-streaming-stores", |bench| {
+            bench.iter(|| {
+                chain_hand_written(x, a);
+                black_box(&a);
+            })
+        });
+    }
     let feeds = [("x", Value::from(x.clone()))];
     for (label, fused) in [
         ("tensorgraph-cpu-fused", true),
