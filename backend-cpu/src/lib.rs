@@ -196,19 +196,22 @@ impl CpuBackend {
 }
 
 /// Whether every kernel path stays on one thread for `kernel`: each
-/// tensor it touches, and its work, below [`PAR_THRESHOLD`] (the size at
-/// which the kernels start splitting work).
+/// tensor it touches below [`PAR_THRESHOLD`] (the size at which the
+/// elementwise, fused and reduction kernels start splitting work), and for
+/// matrix products, which split by their work, that too. Judging a fused
+/// kernel by its work (elements times instructions) handed segments of a
+/// few thousand elements to the pool, which their kernel never split: a
+/// wake-up and a wait, several times the kernel's own time.
 fn serial(kernel: &Kernel) -> bool {
     let small = |t: &TensorType| t.shape.numel() < PAR_THRESHOLD;
-    let work = kernel.op.flops(&kernel.inputs, &kernel.outputs);
-    let prologue = match &kernel.op {
+    let own = match &kernel.op {
+        Op::MatMul | Op::MatMulEpilogue(_) => {
+            kernel.op.flops(&kernel.inputs, &kernel.outputs) < PAR_THRESHOLD as u64
+        }
         Op::ReducePrologue { shape, .. } => shape.numel() < PAR_THRESHOLD,
         _ => true,
     };
-    prologue
-        && work < PAR_THRESHOLD as u64
-        && kernel.inputs.iter().all(small)
-        && kernel.outputs.iter().all(small)
+    own && kernel.inputs.iter().all(small) && kernel.outputs.iter().all(small)
 }
 
 /// Calls a user closure, turning its error or panic into a message.

@@ -527,3 +527,46 @@ fn constant_outputs_survive_being_taken() -> Result<()> {
     }
     Ok(())
 }
+
+/// A segment runs on the caller's thread exactly when no kernel in it
+/// would split its work: a fused chain below the split size does not,
+/// however many instructions it has; a matrix product does by its work.
+#[test]
+fn serial_follows_where_kernels_split() -> Result<()> {
+    use tensorgraph_core::{Kernel, Op, TensorType};
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [30_000])?;
+    let chain = ((&x * 1.5 + 0.5).relu()? * &x - 0.25).abs()?.sqrt()?;
+    let plan = compile_on(&backend(), &g, &[&chain])?;
+    let fused: Vec<&Kernel> = plan
+        .steps()
+        .iter()
+        .map(|s| &s.kernel)
+        .filter(|k| matches!(k.op, Op::Fused(_)))
+        .collect();
+    assert_eq!(fused.len(), 1, "the chain fuses");
+    assert!(
+        crate::serial(fused[0]),
+        "30k elements: the fused kernel never splits"
+    );
+
+    let big = Kernel {
+        op: fused[0].op.clone(),
+        inputs: vec![TensorType::new(DType::F32, [32 * 1024])],
+        outputs: vec![TensorType::new(DType::F32, [32 * 1024])],
+    };
+    assert!(!crate::serial(&big), "32k elements: it splits");
+
+    let m = |r: usize, c: usize| TensorType::new(DType::F32, [r, c]);
+    let matmul = |n: usize| Kernel {
+        op: Op::MatMul,
+        inputs: vec![m(n, n), m(n, n)],
+        outputs: vec![m(n, n)],
+    };
+    assert!(
+        crate::serial(&matmul(16)),
+        "16^3 multiply-adds stay on one thread"
+    );
+    assert!(!crate::serial(&matmul(64)), "64^3 multiply-adds split");
+    Ok(())
+}
