@@ -17,8 +17,10 @@
 //! accumulator is overwritten. Operands are read in place (row-major ones)
 //! or gathered per block (broadcast and strided ones, the in-place donor,
 //! and every operand of a short last block). Transcendental ops and `pow`
-//! run out of line, lane by lane, on block registers, so the hot loop
-//! never moves the accumulator to memory for them.
+//! run out of line, lane by lane, on block registers: the accumulator is
+//! stored to one and loaded back from another around them, and stays in
+//! vector registers through every other op (called with it as an argument,
+//! they made LLVM keep it on the stack throughout: four times slower).
 //!
 //! Results are bit for bit those of the chunk program (NaNs being NaNs,
 //! whatever their sign and payload): the vector ops are
@@ -62,8 +64,7 @@ enum Src {
 /// pointer table (`M`) or the accumulator itself (`A`, `x op x`); the
 /// `Rev` forms compute `operand op acc`. All but `Store`, `Lanes` and
 /// `Pow` overwrite the accumulator; those three write block registers,
-/// and the transcendental ones run out of line on memory so that the hot
-/// loop keeps the accumulator in registers.
+/// running out of line on memory (see the module's documentation).
 #[derive(Debug, Clone, Copy)]
 enum Op {
     LoadK(f32),
@@ -161,18 +162,19 @@ impl Op {
         }
     }
 
-    /// The slot the op reads, if any, and the block register it writes.
-    fn slots(&self) -> (Option<Src>, Option<u32>) {
+    /// What the op reads other than the accumulator (literals, slots),
+    /// and the block register it writes, if any.
+    fn slots(&self) -> ([Option<Src>; 2], Option<u32>) {
         use Op::*;
         match *self {
             LoadM(k) | AddM(k) | SubM(k) | SubRevM(k) | MulM(k) | DivM(k) | DivRevM(k)
-            | MaxM(k) | MaxRevM(k) | MinM(k) | MinRevM(k) => (Some(Src::Slot(k)), None),
-            Store(k) => (None, Some(k)),
-            Lanes { slot, .. } => (Some(Src::Slot(slot)), Some(slot)),
-            Pow { .. } => (None, None),
+            | MaxM(k) | MaxRevM(k) | MinM(k) | MinRevM(k) => ([Some(Src::Slot(k)), None], None),
+            Store(k) => ([None, None], Some(k)),
+            Lanes { slot, .. } => ([Some(Src::Slot(slot)), None], Some(slot)),
+            Pow { a, b, out } => ([Some(a), Some(b)], Some(out)),
             LoadK(_) | Neg | Abs | Relu | Sqrt | AddK(_) | AddA | SubK(_) | SubA | SubRevK(_)
             | MulK(_) | MulA | DivK(_) | DivA | DivRevK(_) | MaxK(_) | MaxA | MaxRevK(_)
-            | MinK(_) | MinA | MinRevK(_) => (None, None),
+            | MinK(_) | MinA | MinRevK(_) => ([None, None], None),
         }
     }
 }
@@ -217,8 +219,8 @@ struct Build {
 impl Build {
     /// Register `r`'s slot in the block's pointer table.
     fn slot(&self, r: usize) -> u32 {
-        // Slots are few (operands plus registers); `compile` checked the
-        // total fits.
+        // Slots are few (operands plus registers); `compile` rejects a
+        // program whose total does not fit before any op is used.
         (self.operands + r) as u32
     }
 
@@ -461,21 +463,15 @@ impl Machine {
                 let k = k as usize;
                 k < total && (k >= self.operands || self.reads.contains(&k))
             }
-            Src::Splat(_) | Src::Acc => true,
+            Src::Splat(_) => true,
+            // `slots` names the accumulator nowhere: only `Pow` could, and
+            // the compiler stores it to a register first.
+            Src::Acc => false,
         };
         let write = |k: u32| (self.operands..total).contains(&(k as usize));
-        self.ops.iter().all(|op| match op {
-            Op::Pow { a, b, out } => {
-                read(a)
-                    && read(b)
-                    && write(*out)
-                    && !matches!(a, Src::Acc)
-                    && !matches!(b, Src::Acc)
-            }
-            op => {
-                let (r, w) = op.slots();
-                r.is_none_or(|s| read(&s)) && w.is_none_or(write)
-            }
+        self.ops.iter().all(|op| {
+            let (r, w) = op.slots();
+            r.iter().flatten().all(read) && w.is_none_or(write)
         })
     }
 
@@ -683,9 +679,10 @@ impl Machine {
     #[inline(always)]
     unsafe fn block<S: Simd>(&self, ptrs: &[*mut f32]) -> Acc<S::V> {
         let w = 8 * S::LANES;
-        // Helpers are functions, not closures: a closure does not inherit
-        // the caller's target features, is not inlined, and costs a call
-        // per op.
+        // Operands are read through `at`, `with_k` and `with_m`,
+        // `#[inline(always)]` functions: a closure doing their work, called
+        // from every arm, was not inlined, and cost a call per op with the
+        // accumulator spilled around it.
         // SAFETY (all below): as the caller guarantees.
         unsafe {
             let mut acc = splat::<S>(0.0);
@@ -1181,10 +1178,6 @@ fn zip<V: Copy>(a: Acc<V>, b: Acc<V>, f: impl Fn(V, V) -> V) -> Acc<V> {
     )
 }
 
-/// `f` lane by lane, through memory: the ops with no vector instruction.
-///
-/// # Safety
-/// The CPU has `S`'s vector set.
 #[cfg(test)]
 mod tests {
     use ndarray::{ArrayD, IxDyn};
@@ -1329,7 +1322,8 @@ mod tests {
     fn values_read_again_later_are_kept_in_registers() {
         use BinaryOp::*;
         use Instr::*;
-        // a = x*y; b = exp(a); c = a + b; d = c * c; e = d - a; f = e pow y
+        // a = x*y; b = tanh(a); c = a + b; d = c * c; e = d - a;
+        // f = e pow y; g = sigmoid(b); f + g
         let e = expr(vec![
             Input(0),
             Input(1),
@@ -1344,6 +1338,63 @@ mod tests {
         ]);
         let (x, y) = (floats(&[33, 70], 2), floats(&[33, 70], 3));
         same_as_chunks(&e, &[&x, &y], &[33, 70]);
+    }
+
+    #[test]
+    fn ops_outside_their_slots_are_refused() {
+        use Instr::*;
+        // Operand 1 is bound but never read: its slot is never set.
+        let e = expr(vec![
+            Input(0),
+            Unary(UnaryOp::Exp, 0),
+            Binary(BinaryOp::Add, 1, 0),
+        ]);
+        let (x, y) = (floats(&[300], 6), floats(&[300], 7));
+        let out = TensorType::new(DType::F32, vec![300]);
+        let result: KResult<()> = with_program(&e, &out, &[Some(&x), Some(&y)], |p| {
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Base) {
+                let good = Machine::compile(&e, &p.operands, isa)?.expect("an f32 program");
+                let (n, past) = (good.operands as u32, (good.operands + good.regs) as u32);
+                assert!(good.regs > 0, "exp goes through a block register");
+                let mut got = vec![0.0f32; 300];
+                good.run(isa, &p.operands, &p.dims, 0, &mut got, false)?;
+                for bad in [
+                    Op::Store(0),
+                    Op::Lanes {
+                        op: UnaryOp::Exp,
+                        slot: 0,
+                    },
+                    Op::LoadM(1),
+                    Op::AddM(past),
+                    Op::Store(past),
+                    Op::Pow {
+                        a: Src::Acc,
+                        b: Src::Splat(2.0),
+                        out: n,
+                    },
+                    Op::Pow {
+                        a: Src::Slot(0),
+                        b: Src::Splat(2.0),
+                        out: 0,
+                    },
+                ] {
+                    let mut ops = good.ops.clone();
+                    ops.push(bad);
+                    let m = Machine {
+                        ops,
+                        operands: good.operands,
+                        regs: good.regs,
+                        reads: good.reads.clone(),
+                    };
+                    let err = m
+                        .run(isa, &p.operands, &p.dims, 0, &mut got, false)
+                        .expect_err("refused");
+                    assert!(err.contains("outside its slots"), "{bad:?}: {err}");
+                }
+            }
+            Ok(())
+        });
+        result.expect("runs");
     }
 
     #[test]
