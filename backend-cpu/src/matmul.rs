@@ -74,6 +74,7 @@ impl TypedKernel for MatMul<'_> {
         let a_off = batch_offsets(&ad[..ad.len() - 2], out_batch)?;
         let b_off = batch_offsets(&bd[..bd.len() - 2], out_batch)?;
         let mut out = vec![T::default(); self.shape.numel()];
+        crate::pool::huge_pages(&out);
         if m * n * k > 0 {
             let a = a.as_standard_layout();
             let b = b.as_standard_layout();

@@ -211,7 +211,7 @@ const HUGE_BYTES: usize = 4 << 20;
 /// cost of a large kernel run with a fresh output. With huge pages it is
 /// 32. Where transparent huge pages are off, or on other systems, nothing
 /// changes.
-fn huge_pages<T>(v: &[T]) {
+pub(crate) fn huge_pages<T>(v: &[T]) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
