@@ -448,11 +448,22 @@ impl<'a> Program<'a> {
         stream: bool,
     ) -> KResult<()> {
         #[cfg(target_arch = "x86_64")]
-        if let Some(m) = &self.machine
-            && R::DTYPE == DType::F32
-            && let Some(out) = R::as_f32(part)
-        {
-            return m.run(self.isa, &self.operands, &self.dims, start, out, stream);
+        if let Some(m) = &self.machine {
+            if m.out() != R::DTYPE {
+                return Err(format!(
+                    "fused kernel: a {} program writing {} elements",
+                    m.out(),
+                    R::DTYPE
+                ));
+            }
+            return m.run(
+                self.isa,
+                &self.operands,
+                &self.dims,
+                start,
+                R::bits(part),
+                stream,
+            );
         }
         let _ = stream;
         self.run_chunks(start, part, s)

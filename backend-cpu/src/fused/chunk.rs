@@ -30,8 +30,9 @@ pub(super) trait Lane: Element {
     fn regs_mut(s: &mut Scratch) -> &mut [Vec<Self>];
     fn operand<'b, 'a>(b: &'b Bound<'a>) -> Option<&'b Operand<'a, Self>>;
     fn scalar(s: Scalar) -> Option<Self>;
-    /// The output chunk as f32, when it is.
-    fn as_f32(out: &mut [Self]) -> Option<&mut [f32]>;
+    /// The output chunk's 32-bit lanes, as the register machine writes
+    /// them (an f32 view of any 32-bit element's bits).
+    fn bits(out: &mut [Self]) -> &mut [f32];
     fn wrap(o: &mut [Self]) -> Out<'_>;
     fn out<'o>(o: &'o mut Out<'_>) -> Option<&'o mut [Self]>;
 }
@@ -55,8 +56,8 @@ impl Lane for f32 {
             Scalar::I32(_) => None,
         }
     }
-    fn as_f32(out: &mut [f32]) -> Option<&mut [f32]> {
-        Some(out)
+    fn bits(out: &mut [f32]) -> &mut [f32] {
+        out
     }
     fn wrap(o: &mut [f32]) -> Out<'_> {
         Out::F32(o)
@@ -88,8 +89,8 @@ impl Lane for i32 {
             Scalar::F32(_) => None,
         }
     }
-    fn as_f32(_out: &mut [i32]) -> Option<&mut [f32]> {
-        None
+    fn bits(out: &mut [i32]) -> &mut [f32] {
+        bytemuck::cast_slice_mut(out)
     }
     fn wrap(o: &mut [i32]) -> Out<'_> {
         Out::I32(o)

@@ -1,5 +1,5 @@
-//! The register machine: the fused kernel for f32 expressions on CPUs
-//! with AVX2 or AVX-512.
+//! The register machine: the fused kernel for f32 and i32 expressions
+//! (casts included) on CPUs with AVX2 or AVX-512.
 //!
 //! The chunk program (`Exec` steps) makes one pass over an L1-resident
 //! chunk per op, loading its operands and storing its result each time; at
@@ -29,17 +29,21 @@
 //! keep the first operand), and transcendental ops and `pow` run the same
 //! scalar functions lane by lane.
 //!
-//! Integer expressions and expressions with casts keep the chunk program,
-//! as does every expression on CPUs without AVX2.
+//! Lanes are 32 bits, held as f32 vectors: i32 values are the same bits,
+//! reinterpreted by the integer ops (wrapping add, sub, mul; max, min,
+//! abs, neg, relu), and casts convert with Rust's `as` semantics
+//! (truncating, saturating, NaN to 0; rounding to nearest). Integer
+//! division and `pow` run lane by lane like f32 `pow`. Every expression
+//! keeps the chunk program on CPUs without AVX2.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 
-use tensorgraph_core::{BinaryOp, FusedExpr, Instr, Scalar, UnaryOp};
+use tensorgraph_core::{BinaryOp, DType, FusedExpr, Instr, Scalar, UnaryOp};
 
 use super::args;
-use super::chunk::{Isa, fold_binary, fold_unary};
+use super::chunk::{Isa, cast_scalar, fold_binary, fold_unary};
 use super::operand::{Bound, Operand, gather};
 use crate::element::{Element, KResult};
 
@@ -101,14 +105,40 @@ enum Op {
     MinA,
     MinRevK(f32),
     MinRevM(u32),
-    /// Block register `slot` = `op` of itself, lane by lane.
+    // i32 (wrapping, as `Element for i32`); literals hold the i32's bits.
+    // Add, mul, max and min commute exactly, so have no `Rev` forms.
+    IAddK(f32),
+    IAddM(u32),
+    IAddA,
+    ISubK(f32),
+    ISubM(u32),
+    ISubA,
+    ISubRevK(f32),
+    ISubRevM(u32),
+    IMulK(f32),
+    IMulM(u32),
+    IMulA,
+    IMaxK(f32),
+    IMaxM(u32),
+    IMinK(f32),
+    IMinM(u32),
+    INeg,
+    IAbs,
+    IRelu,
+    /// f32 to i32 as Rust's `as` (truncating, saturating, NaN to 0).
+    F32ToI32,
+    /// i32 to f32, rounding to nearest.
+    I32ToF32,
+    /// Block register `slot` = `op` of itself, lane by lane (f32).
     Lanes {
         op: UnaryOp,
         slot: u32,
     },
-    /// Block register `out` = `a` to the power `b`, lane by lane; `a` and
-    /// `b` are literals or slots.
-    Pow {
+    /// Block register `out` = `a op b`, lane by lane, in `dtype` (f32 pow,
+    /// i32 pow and division); `a` and `b` are literals or slots.
+    Lanes2 {
+        op: BinaryOp,
+        dtype: DType,
         a: Src,
         b: Src,
         out: u32,
@@ -153,6 +183,38 @@ impl Op {
         })
     }
 
+    /// The i32 form of `acc = acc op src` (`src op acc` when `rev`); div
+    /// and pow are `Op::Lanes2`.
+    fn binary_i32(op: BinaryOp, rev: bool, src: Src) -> KResult<Op> {
+        use Op::*;
+        use Src::{Acc as A, Slot as M, Splat as K};
+        let rev = rev && !matches!(src, A);
+        Ok(match (op, rev, src) {
+            (BinaryOp::Add, _, K(x)) => IAddK(x),
+            (BinaryOp::Add, _, M(k)) => IAddM(k),
+            (BinaryOp::Add, _, A) => IAddA,
+            (BinaryOp::Mul, _, K(x)) => IMulK(x),
+            (BinaryOp::Mul, _, M(k)) => IMulM(k),
+            (BinaryOp::Mul, _, A) => IMulA,
+            (BinaryOp::Sub, false, K(x)) => ISubK(x),
+            (BinaryOp::Sub, false, M(k)) => ISubM(k),
+            (BinaryOp::Sub, _, A) => ISubA,
+            (BinaryOp::Sub, true, K(x)) => ISubRevK(x),
+            (BinaryOp::Sub, true, M(k)) => ISubRevM(k),
+            (BinaryOp::Max, _, K(x)) => IMaxK(x),
+            (BinaryOp::Max, _, M(k)) => IMaxM(k),
+            (BinaryOp::Min, _, K(x)) => IMinK(x),
+            (BinaryOp::Min, _, M(k)) => IMinM(k),
+            // `Build::binary` computes nothing for max(x, x) and min(x, x).
+            (BinaryOp::Max | BinaryOp::Min, _, A) | (BinaryOp::Div | BinaryOp::Pow, ..) => {
+                return Err(format!(
+                    "fused machine: i32 {} is not a vector op here",
+                    op.name()
+                ));
+            }
+        })
+    }
+
     /// `acc = src`.
     fn load(src: Src) -> KResult<Op> {
         match src {
@@ -168,13 +230,16 @@ impl Op {
         use Op::*;
         match *self {
             LoadM(k) | AddM(k) | SubM(k) | SubRevM(k) | MulM(k) | DivM(k) | DivRevM(k)
-            | MaxM(k) | MaxRevM(k) | MinM(k) | MinRevM(k) => ([Some(Src::Slot(k)), None], None),
+            | MaxM(k) | MaxRevM(k) | MinM(k) | MinRevM(k) | IAddM(k) | ISubM(k) | ISubRevM(k)
+            | IMulM(k) | IMaxM(k) | IMinM(k) => ([Some(Src::Slot(k)), None], None),
             Store(k) => ([None, None], Some(k)),
             Lanes { slot, .. } => ([Some(Src::Slot(slot)), None], Some(slot)),
-            Pow { a, b, out } => ([Some(a), Some(b)], Some(out)),
+            Lanes2 { a, b, out, .. } => ([Some(a), Some(b)], Some(out)),
             LoadK(_) | Neg | Abs | Relu | Sqrt | AddK(_) | AddA | SubK(_) | SubA | SubRevK(_)
             | MulK(_) | MulA | DivK(_) | DivA | DivRevK(_) | MaxK(_) | MaxA | MaxRevK(_)
-            | MinK(_) | MinA | MinRevK(_) => ([None, None], None),
+            | MinK(_) | MinA | MinRevK(_) | IAddK(_) | IAddA | ISubK(_) | ISubA | ISubRevK(_)
+            | IMulK(_) | IMulA | IMaxK(_) | IMinK(_) | INeg | IAbs | IRelu | F32ToI32
+            | I32ToF32 => ([None, None], None),
         }
     }
 }
@@ -191,6 +256,8 @@ enum Val {
 #[derive(Debug)]
 pub(super) struct Machine {
     ops: Vec<Op>,
+    /// The result's dtype: the output the machine writes.
+    out: DType,
     /// Operands it was compiled for: slots `0..operands` are theirs, the
     /// block registers follow.
     operands: usize,
@@ -277,9 +344,18 @@ impl Build {
         Ok(())
     }
 
-    /// `op(a)` into the accumulator.
-    fn unary(&mut self, op: UnaryOp, a: usize) -> KResult<()> {
+    /// `op(a)` into the accumulator, `a` of `dtype`.
+    fn unary(&mut self, op: UnaryOp, a: usize, dtype: DType) -> KResult<()> {
         self.load(a)?;
+        if dtype == DType::I32 {
+            self.ops.push(match op {
+                UnaryOp::Neg => Op::INeg,
+                UnaryOp::Abs => Op::IAbs,
+                UnaryOp::Relu => Op::IRelu,
+                _ => return Err(format!("fused machine: i32 {}", op.name())),
+            });
+            return Ok(());
+        }
         match op {
             UnaryOp::Neg => self.ops.push(Op::Neg),
             UnaryOp::Abs => self.ops.push(Op::Abs),
@@ -302,19 +378,30 @@ impl Build {
         Ok(())
     }
 
-    /// `x op y` into the accumulator.
-    fn binary(&mut self, op: BinaryOp, x: usize, y: usize) -> KResult<()> {
-        if op == BinaryOp::Pow {
+    /// `x op y` into the accumulator, both of `dtype`.
+    fn binary(&mut self, op: BinaryOp, x: usize, y: usize, dtype: DType) -> KResult<()> {
+        let int = dtype == DType::I32;
+        if op == BinaryOp::Pow || (int && op == BinaryOp::Div) {
             let tmp = self.take_reg();
             let a = self.mem_arg(x, tmp)?;
             let b = self.mem_arg(y, tmp)?;
             let out = self.take_reg();
             let out = self.slot(out);
-            self.ops.push(Op::Pow { a, b, out });
+            self.ops.push(Op::Lanes2 {
+                op,
+                dtype,
+                a,
+                b,
+                out,
+            });
             self.ops.push(Op::LoadM(out));
             self.free_slot(out);
             self.free.push(tmp);
             return Ok(());
+        }
+        if int && x == y && matches!(op, BinaryOp::Max | BinaryOp::Min) {
+            // max(x, x) and min(x, x) are x.
+            return self.load(x);
         }
         let (src, rev) = if x == y {
             self.load(x)?;
@@ -325,7 +412,23 @@ impl Build {
             self.load(x)?;
             (self.arg(y)?, false)
         };
-        self.ops.push(Op::binary(op, rev, src)?);
+        self.ops.push(if int {
+            Op::binary_i32(op, rev, src)?
+        } else {
+            Op::binary(op, rev, src)?
+        });
+        Ok(())
+    }
+
+    /// `a`, of dtype `from`, cast to `to` into the accumulator.
+    fn cast(&mut self, a: usize, from: DType, to: DType) -> KResult<()> {
+        self.load(a)?;
+        match (from, to) {
+            (DType::F32, DType::I32) => self.ops.push(Op::F32ToI32),
+            (DType::I32, DType::F32) => self.ops.push(Op::I32ToF32),
+            // The same bits: nothing to convert.
+            _ => {}
+        }
         Ok(())
     }
 
@@ -348,20 +451,26 @@ impl Build {
     }
 }
 
-/// An f32 literal.
-fn literal(s: Scalar) -> KResult<f32> {
+/// A literal's 32 bits, as the machine's lanes hold them.
+fn literal(s: Scalar) -> f32 {
     match s {
-        Scalar::F32(x) => Ok(x),
-        Scalar::I32(_) => Err(format!(
-            "fused machine: i32 literal {s:?} in an f32 program"
-        )),
+        Scalar::F32(x) => x,
+        Scalar::I32(x) => f32::from_bits(x as u32),
+    }
+}
+
+/// The literal of `dtype` whose bits are `bits`.
+fn scalar(bits: f32, dtype: DType) -> Scalar {
+    match dtype {
+        DType::I32 => Scalar::I32(bits.to_bits() as i32),
+        _ => Scalar::F32(bits),
     }
 }
 
 impl Machine {
-    /// The machine for `expr` over `operands` when every instruction is
-    /// f32 (no casts, no integers) and the CPU has AVX2 or AVX-512. `expr`
-    /// was checked by the chunk compiler.
+    /// The machine for `expr` over `operands` when the CPU has AVX2 or
+    /// AVX-512 (every dtype being f32 or i32). `expr` was checked by the
+    /// chunk compiler.
     pub(super) fn compile(
         expr: &FusedExpr,
         operands: &[Bound<'_>],
@@ -371,10 +480,11 @@ impl Machine {
             || expr
                 .dtypes
                 .iter()
-                .any(|&d| d != tensorgraph_core::DType::F32)
+                .any(|&d| !matches!(d, DType::F32 | DType::I32))
         {
             return Ok(None);
         }
+        let dtypes = &expr.dtypes;
         let n = expr.instrs.len();
         let mut uses = vec![0usize; n];
         for instr in &expr.instrs {
@@ -393,28 +503,38 @@ impl Machine {
         };
         for (i, instr) in expr.instrs.iter().enumerate() {
             let val = match *instr {
-                Instr::Scalar(s) => Val::Splat(literal(s)?),
+                Instr::Scalar(s) => Val::Splat(literal(s)),
                 Instr::Input(k) => match operands.get(k) {
                     Some(Bound::F32(Operand::Splat(x))) => Val::Splat(*x),
-                    Some(Bound::F32(_)) => Val::Input(k),
-                    _ => return Err(format!("fused machine: no f32 operand {k}")),
+                    Some(Bound::I32(Operand::Splat(x))) => Val::Splat(literal(Scalar::I32(*x))),
+                    Some(_) => Val::Input(k),
+                    None => return Err(format!("fused machine: no operand {k}")),
                 },
-                Instr::Cast(..) => return Ok(None),
-                Instr::Unary(op, a) => match b.val[a] {
-                    Val::Splat(x) => Val::Splat(literal(fold_unary(op, Scalar::F32(x)))?),
+                Instr::Cast(to, a) => match b.val[a] {
+                    Val::Splat(x) => Val::Splat(literal(cast_scalar(scalar(x, dtypes[a]), to))),
                     _ => {
                         b.spill(instr);
-                        b.unary(op, a)?;
+                        b.cast(a, dtypes[a], to)?;
+                        Val::Computed
+                    }
+                },
+                Instr::Unary(op, a) => match b.val[a] {
+                    Val::Splat(x) => Val::Splat(literal(fold_unary(op, scalar(x, dtypes[a])))),
+                    _ => {
+                        b.spill(instr);
+                        b.unary(op, a, dtypes[a])?;
                         Val::Computed
                     }
                 },
                 Instr::Binary(op, x, y) => match (b.val[x], b.val[y]) {
-                    (Val::Splat(p), Val::Splat(q)) => {
-                        Val::Splat(literal(fold_binary(op, Scalar::F32(p), Scalar::F32(q))?)?)
-                    }
+                    (Val::Splat(p), Val::Splat(q)) => Val::Splat(literal(fold_binary(
+                        op,
+                        scalar(p, dtypes[x]),
+                        scalar(q, dtypes[y]),
+                    )?)),
                     _ => {
                         b.spill(instr);
-                        b.binary(op, x, y)?;
+                        b.binary(op, x, y, dtypes[x])?;
                         Val::Computed
                     }
                 },
@@ -447,10 +567,16 @@ impl Machine {
         reads.dedup();
         Ok(Some(Machine {
             ops: b.ops,
+            out: *dtypes.last().ok_or("fused machine: empty program")?,
             operands: b.operands,
             regs: b.regs,
             reads,
         }))
+    }
+
+    /// The dtype of the result the machine writes.
+    pub(super) fn out(&self) -> DType {
+        self.out
     }
 
     /// Whether the ops read only operands in `reads` and registers, and
@@ -488,13 +614,7 @@ impl Machine {
         out: &mut [f32],
         stream: bool,
     ) -> KResult<()> {
-        let ops: Vec<&Operand<'_, f32>> = operands
-            .iter()
-            .map(|b| match b {
-                Bound::F32(o) => Ok(o),
-                Bound::I32(_) => Err("fused machine: an i32 operand".to_string()),
-            })
-            .collect::<KResult<_>>()?;
+        let ops: Vec<Operand<'_, f32>> = operands.iter().map(lanes_of).collect();
         if isa > Isa::best() {
             return Err(format!("fused machine: this CPU has no {isa:?}"));
         }
@@ -629,7 +749,7 @@ impl Machine {
             // row-major and whole, else gathered into its buffer.
             for &k in &self.reads {
                 let buf = &mut b.bufs[k];
-                b.ptrs[k] = match b.ops[k] {
+                b.ptrs[k] = match &b.ops[k] {
                     Operand::Contig(s) if !tail => s[base..base + w].as_ptr().cast_mut(),
                     Operand::Contig(s) => {
                         buf[..len].copy_from_slice(&s[base..base + len]);
@@ -728,8 +848,35 @@ impl Machine {
                         lanes(op, at(ptrs, slot), w);
                         acc
                     }
-                    Op::Pow { a, b, out } => {
-                        pow_lanes(lane_src(a, ptrs), lane_src(b, ptrs), at(ptrs, out), w);
+                    Op::IAddK(x) => with_k::<S>(acc, x, |a, b| S::iadd(a, b)),
+                    Op::IAddM(k) => with_m::<S>(acc, ptrs, k, |a, b| S::iadd(a, b)),
+                    Op::IAddA => map(acc, |a| S::iadd(a, a)),
+                    Op::ISubK(x) => with_k::<S>(acc, x, |a, b| S::isub(a, b)),
+                    Op::ISubM(k) => with_m::<S>(acc, ptrs, k, |a, b| S::isub(a, b)),
+                    Op::ISubA => map(acc, |a| S::isub(a, a)),
+                    Op::ISubRevK(x) => with_k::<S>(acc, x, |a, b| S::isub(b, a)),
+                    Op::ISubRevM(k) => with_m::<S>(acc, ptrs, k, |a, b| S::isub(b, a)),
+                    Op::IMulK(x) => with_k::<S>(acc, x, |a, b| S::imul(a, b)),
+                    Op::IMulM(k) => with_m::<S>(acc, ptrs, k, |a, b| S::imul(a, b)),
+                    Op::IMulA => map(acc, |a| S::imul(a, a)),
+                    Op::IMaxK(x) => with_k::<S>(acc, x, |a, b| S::imax(a, b)),
+                    Op::IMaxM(k) => with_m::<S>(acc, ptrs, k, |a, b| S::imax(a, b)),
+                    Op::IMinK(x) => with_k::<S>(acc, x, |a, b| S::imin(a, b)),
+                    Op::IMinM(k) => with_m::<S>(acc, ptrs, k, |a, b| S::imin(a, b)),
+                    Op::INeg => map(acc, |v| S::isub(S::splat(0.0), v)),
+                    Op::IAbs => map(acc, |v| S::iabs(v)),
+                    Op::IRelu => map(acc, |v| S::imax(v, S::splat(0.0))),
+                    Op::F32ToI32 => map(acc, |v| S::f32_to_i32(v)),
+                    Op::I32ToF32 => map(acc, |v| S::i32_to_f32(v)),
+                    Op::Lanes2 {
+                        op,
+                        dtype,
+                        a,
+                        b,
+                        out,
+                    } => {
+                        let (a, b) = (lane_src(a, ptrs), lane_src(b, ptrs));
+                        binary_lanes(op, dtype, a, b, at(ptrs, out), w);
                         acc
                     }
                 };
@@ -777,11 +924,35 @@ unsafe fn with_m<S: Simd>(
     zip(acc, m, f)
 }
 
+/// An operand's 32-bit lanes as the machine reads them: f32 operands as
+/// they are, i32 ones as f32 views of the same bits.
+fn lanes_of<'a>(b: &Bound<'a>) -> Operand<'a, f32> {
+    fn view<'a, T: Copy>(
+        o: &Operand<'a, T>,
+        bits: impl Fn(&'a [T]) -> &'a [f32],
+        one: impl Fn(T) -> f32,
+    ) -> Operand<'a, f32> {
+        match o {
+            Operand::Splat(x) => Operand::Splat(one(*x)),
+            Operand::Contig(s) => Operand::Contig(bits(s)),
+            Operand::Strided { data, strides } => Operand::Strided {
+                data: bits(data),
+                strides: strides.clone(),
+            },
+            Operand::Output => Operand::Output,
+        }
+    }
+    match b {
+        Bound::F32(o) => view(o, |s| s, |x| x),
+        Bound::I32(o) => view(o, bytemuck::cast_slice, |x| f32::from_bits(x as u32)),
+    }
+}
+
 /// What a block reads: the operands, their per-block buffers, and the
 /// pointer table the ops address by slot: operand `k`'s elements of the
 /// block at slot `k` (set per block), the block registers after them.
 struct Block<'b, 'a> {
-    ops: &'b [&'b Operand<'a, f32>],
+    ops: &'b [Operand<'a, f32>],
     dims: &'b [usize],
     bufs: &'b mut [[f32; MAX_W]],
     ptrs: Vec<*mut f32>,
@@ -838,17 +1009,35 @@ unsafe fn lanes(op: UnaryOp, p: *mut f32, n: usize) {
         .for_each(|x| *x = super::chunk::unary_scalar(op, *x));
 }
 
-/// `out[i] = a[i] ^ b[i]` for `i < n`.
+/// `out[i] = a[i] op b[i]` for `i < n`, in `dtype` (the lanes' bits are
+/// i32 ones for i32), with [`Element`]'s functions.
 ///
 /// # Safety
 /// `a` and `b` (when pointers) are readable and `out` writable for `n`
 /// elements; `out` may be `a` or `b`.
 #[inline(never)]
-unsafe fn pow_lanes(a: LaneSrc, b: LaneSrc, out: *mut f32, n: usize) {
+unsafe fn binary_lanes(
+    op: BinaryOp,
+    dtype: DType,
+    a: LaneSrc,
+    b: LaneSrc,
+    out: *mut f32,
+    n: usize,
+) {
+    let int = |x: f32| x.to_bits() as i32;
+    let bits = |x: i32| f32::from_bits(x as u32);
     for i in 0..n {
         // SAFETY: as the caller guarantees; element `i` is read before
         // it is written.
-        unsafe { *out.add(i) = <f32 as Element>::pow(a.get(i), b.get(i)) };
+        unsafe {
+            let (x, y) = (a.get(i), b.get(i));
+            *out.add(i) = match (dtype, op) {
+                (DType::I32, BinaryOp::Div) => bits(Element::div(int(x), int(y))),
+                (DType::I32, _) => bits(Element::pow(int(x), int(y))),
+                (_, BinaryOp::Div) => Element::div(x, y),
+                _ => Element::pow(x, y),
+            };
+        }
     }
 }
 
@@ -856,8 +1045,8 @@ unsafe fn pow_lanes(a: LaneSrc, b: LaneSrc, out: *mut f32, n: usize) {
 #[derive(Clone, Copy)]
 struct Acc<V>(V, V, V, V, V, V, V, V);
 
-/// One x86 vector set's f32 operations, each with [`Element`]'s exact
-/// semantics for f32.
+/// One x86 vector set's operations on 32-bit lanes, each with [`Element`]'s exact
+/// semantics for f32 (and i32, for the integer ops).
 trait Simd {
     type V: Copy;
     const LANES: usize;
@@ -882,6 +1071,18 @@ trait Simd {
     /// Flips the sign bit.
     unsafe fn neg(x: Self::V) -> Self::V;
     unsafe fn sqrt(x: Self::V) -> Self::V;
+    /// i32 lanes (the vector's bits): wrapping add, sub and mul, max,
+    /// min and wrapping abs.
+    unsafe fn iadd(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn isub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn imul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn imax(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn imin(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn iabs(a: Self::V) -> Self::V;
+    /// f32 to i32 as Rust's `as`: truncating, saturating, NaN to 0.
+    unsafe fn f32_to_i32(x: Self::V) -> Self::V;
+    /// i32 to f32, rounding to nearest (the default rounding mode).
+    unsafe fn i32_to_f32(x: Self::V) -> Self::V;
     /// Bytes a streaming store's address must be a multiple of.
     const ALIGN: usize;
     /// A non-temporal store; `p` is `ALIGN`-aligned.
@@ -986,6 +1187,62 @@ impl Simd for Avx512 {
         // SAFETY: the caller runs with this vector set.
         unsafe { _mm512_sqrt_ps(x) }
     }
+    #[inline(always)]
+    unsafe fn iadd(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int512(a, b, |a, b| _mm512_add_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn isub(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int512(a, b, |a, b| _mm512_sub_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn imul(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int512(a, b, |a, b| _mm512_mullo_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn imax(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int512(a, b, |a, b| _mm512_max_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn imin(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int512(a, b, |a, b| _mm512_min_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn iabs(a: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm512_castsi512_ps(_mm512_abs_epi32(_mm512_castps_si512(a))) }
+    }
+    #[inline(always)]
+    unsafe fn f32_to_i32(x: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            // Truncation gives i32::MIN for NaN and out of range: NaN goes
+            // to 0, and too large to i32::MAX (too small is i32::MIN).
+            let t = _mm512_cvttps_epi32(x);
+            let big = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(2_147_483_648.0));
+            let t = _mm512_mask_mov_epi32(t, big, _mm512_set1_epi32(i32::MAX));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+            _mm512_castsi512_ps(_mm512_maskz_mov_epi32(!nan, t))
+        }
+    }
+    #[inline(always)]
+    unsafe fn i32_to_f32(x: __m512) -> __m512 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm512_cvtepi32_ps(_mm512_castps_si512(x)) }
+    }
+}
+
+/// `f` on the i32 lanes of two f32 vectors' bits.
+#[inline(always)]
+unsafe fn int512(a: __m512, b: __m512, f: impl Fn(__m512i, __m512i) -> __m512i) -> __m512 {
+    // SAFETY: the casts only reinterpret bits (the caller runs with
+    // AVX-512).
+    unsafe { _mm512_castsi512_ps(f(_mm512_castps_si512(a), _mm512_castps_si512(b))) }
 }
 
 #[derive(Clone, Copy)]
@@ -1077,6 +1334,60 @@ impl Simd for Avx2 {
         // SAFETY: the caller runs with this vector set.
         unsafe { _mm256_sqrt_ps(x) }
     }
+    #[inline(always)]
+    unsafe fn iadd(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int256(a, b, |a, b| _mm256_add_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn isub(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int256(a, b, |a, b| _mm256_sub_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn imul(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int256(a, b, |a, b| _mm256_mullo_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn imax(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int256(a, b, |a, b| _mm256_max_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn imin(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { int256(a, b, |a, b| _mm256_min_epi32(a, b)) }
+    }
+    #[inline(always)]
+    unsafe fn iabs(a: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_castsi256_ps(_mm256_abs_epi32(_mm256_castps_si256(a))) }
+    }
+    #[inline(always)]
+    unsafe fn f32_to_i32(x: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe {
+            // As the AVX-512 form: NaN to 0, too large to i32::MAX.
+            let t = _mm256_castsi256_ps(_mm256_cvttps_epi32(x));
+            let big = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(2_147_483_648.0));
+            let t = _mm256_blendv_ps(t, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)), big);
+            let ordered = _mm256_cmp_ps::<_CMP_ORD_Q>(x, x);
+            _mm256_and_ps(t, ordered)
+        }
+    }
+    #[inline(always)]
+    unsafe fn i32_to_f32(x: __m256) -> __m256 {
+        // SAFETY: the caller runs with this vector set.
+        unsafe { _mm256_cvtepi32_ps(_mm256_castps_si256(x)) }
+    }
+}
+
+/// `f` on the i32 lanes of two f32 vectors' bits.
+#[inline(always)]
+unsafe fn int256(a: __m256, b: __m256, f: impl Fn(__m256i, __m256i) -> __m256i) -> __m256 {
+    // SAFETY: the casts only reinterpret bits (the caller runs with AVX2).
+    unsafe { _mm256_castsi256_ps(f(_mm256_castps_si256(a), _mm256_castps_si256(b))) }
 }
 
 /// # Safety
@@ -1183,6 +1494,7 @@ mod tests {
     use ndarray::{ArrayD, IxDyn};
     use tensorgraph_core::{DType, FusedExpr, Instr, TensorType, Value};
 
+    use super::super::chunk::Lane;
     use super::super::with_program;
     use super::*;
     use crate::element::KResult;
@@ -1208,22 +1520,39 @@ mod tests {
     /// uneven parts (short last blocks, starts off a block edge), gives the
     /// chunk program's bits.
     fn same_as_chunks(e: &FusedExpr, inputs: &[&Value], dims: &[usize]) {
-        let out = TensorType::new(DType::F32, dims.to_vec());
+        match e.dtypes.last() {
+            Some(DType::I32) => same_bits::<i32>(e, inputs, dims),
+            _ => same_bits::<f32>(e, inputs, dims),
+        }
+    }
+
+    /// [`same_as_chunks`] for a result of type `R`.
+    fn same_bits<R: Lane + Default + Clone>(e: &FusedExpr, inputs: &[&Value], dims: &[usize]) {
+        let out = TensorType::new(R::DTYPE, dims.to_vec());
         let inputs: Vec<Option<&Value>> = inputs.iter().copied().map(Some).collect();
         let n: usize = dims.iter().product();
+        // Bits; for an f32 result any NaN matches any NaN: which operand's
+        // NaN an add of two NaNs returns depends on how the compiler
+        // ordered the operands of a commutative op, in any build.
+        let bits = |v: &mut [R]| -> Vec<u32> {
+            R::bits(v)
+                .iter()
+                .map(|x| {
+                    if R::DTYPE == DType::F32 && x.is_nan() {
+                        u32::MAX
+                    } else {
+                        x.to_bits()
+                    }
+                })
+                .collect()
+        };
         let result: KResult<()> = with_program(e, &out, &inputs, |p| {
-            let mut want = vec![0.0f32; n];
+            let mut want = vec![R::default(); n];
             p.run_chunks(0, &mut want, &mut p.chunk_scratch())?;
-            // Bits, but any NaN matches any NaN: which operand's NaN an
-            // add of two NaNs returns depends on how the compiler ordered
-            // the operands of a commutative op, in any build.
-            let bits = |v: &[f32]| {
-                v.iter()
-                    .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
-                    .collect::<Vec<_>>()
-            };
+            let want = bits(&mut want);
             for isa in Isa::available().into_iter().filter(|&i| i != Isa::Base) {
-                let m = Machine::compile(e, &p.operands, isa)?.expect("an f32 program");
+                let m = Machine::compile(e, &p.operands, isa)?.expect("a machine program");
+                assert_eq!(m.out(), R::DTYPE);
                 for (cut, stream) in [
                     (n, false),
                     (37, false),
@@ -1231,13 +1560,13 @@ mod tests {
                     (1000, true),
                     (n, true),
                 ] {
-                    let mut got = vec![0.0f32; n];
+                    let mut got = vec![R::default(); n];
                     for (i, part) in got.chunks_mut(cut.max(1)).enumerate() {
-                        m.run(isa, &p.operands, &p.dims, i * cut, part, stream)?;
+                        m.run(isa, &p.operands, &p.dims, i * cut, R::bits(part), stream)?;
                     }
                     assert_eq!(
-                        bits(&got),
-                        bits(&want),
+                        bits(&mut got),
+                        want,
                         "{isa:?}, parts of {cut}, streaming {stream}: {e}"
                     );
                 }
@@ -1367,12 +1696,16 @@ mod tests {
                     Op::LoadM(1),
                     Op::AddM(past),
                     Op::Store(past),
-                    Op::Pow {
+                    Op::Lanes2 {
+                        op: BinaryOp::Pow,
+                        dtype: DType::F32,
                         a: Src::Acc,
                         b: Src::Splat(2.0),
                         out: n,
                     },
-                    Op::Pow {
+                    Op::Lanes2 {
+                        op: BinaryOp::Pow,
+                        dtype: DType::F32,
                         a: Src::Slot(0),
                         b: Src::Splat(2.0),
                         out: 0,
@@ -1382,6 +1715,7 @@ mod tests {
                     ops.push(bad);
                     let m = Machine {
                         ops,
+                        out: good.out,
                         operands: good.operands,
                         regs: good.regs,
                         reads: good.reads.clone(),
@@ -1466,27 +1800,167 @@ mod tests {
         same_as_chunks(&e, &[&x, &row, &t], &[17, 130]);
     }
 
+    /// i32 operands with the values integer ops go wrong at.
+    fn ints(shape: &[usize], seed: u32) -> Value {
+        let special = [i32::MIN, i32::MAX, 0, -1, 1, i32::MIN + 1, 2, -2];
+        let a = crate::test_data::xorshift_floats(shape, seed, 13, 1);
+        let mut k = 0usize;
+        Value::I32(a.mapv(|x| {
+            k += 1;
+            special.get(k % 37).copied().unwrap_or(
+                ((x * 3.0e4) as i32).wrapping_mul(if k.is_multiple_of(3) { 70_001 } else { 1 }),
+            )
+        }))
+    }
+
+    fn typed(instrs: Vec<Instr>, dtypes: Vec<DType>) -> FusedExpr {
+        FusedExpr { instrs, dtypes }
+    }
+
     #[test]
-    fn programs_with_other_dtypes_or_casts_stay_on_chunks() {
-        let ints = FusedExpr {
-            instrs: vec![Instr::Input(0), Instr::Unary(UnaryOp::Neg, 0)],
-            dtypes: vec![DType::I32; 2],
-        };
-        let cast = FusedExpr {
-            instrs: vec![Instr::Input(0), Instr::Cast(DType::F32, 0)],
-            dtypes: vec![DType::I32, DType::F32],
-        };
-        let iv = Value::I32(ArrayD::zeros(IxDyn(&[4])));
-        for e in [ints, cast] {
-            let ty = TensorType::new(*e.dtypes.last().expect("dtype"), [4]);
-            let none: KResult<()> = with_program(&e, &ty, &[Some(&iv)], |p| {
-                assert!(
-                    Machine::compile(&e, &p.operands, Isa::best())?.is_none(),
-                    "{e}"
-                );
-                Ok(())
-            });
-            none.expect("compiles");
+    fn every_i32_op_alone() {
+        use DType::I32;
+        use Instr::*;
+        let n = 300;
+        let (x, y) = (ints(&[n], 1), ints(&[n], 2));
+        for op in [UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Relu] {
+            same_as_chunks(
+                &typed(vec![Input(0), Unary(op, 0)], vec![I32; 2]),
+                &[&x],
+                &[n],
+            );
         }
+        let lit = tensorgraph_core::Scalar::I32(-3);
+        let one = tensorgraph_core::Scalar::I32(1);
+        for op in BinaryOp::ALL {
+            let acc_y = [Input(0), Input(1), Scalar(one), Binary(BinaryOp::Mul, 1, 2)];
+            let with_acc = |tail: Instr| [&acc_y[..], &[Scalar(lit), tail]].concat();
+            for e in [
+                vec![Input(0), Input(1), Binary(op, 0, 1)],
+                vec![Input(0), Input(1), Binary(op, 1, 0)],
+                vec![Input(0), Scalar(lit), Binary(op, 1, 0)],
+                vec![Input(0), Scalar(lit), Binary(op, 0, 1)],
+                vec![Input(0), Binary(op, 0, 0)],
+                with_acc(Binary(op, 0, 3)),
+                with_acc(Binary(op, 3, 0)),
+                with_acc(Binary(op, 4, 3)),
+                with_acc(Binary(op, 3, 4)),
+                with_acc(Binary(op, 3, 3)),
+            ] {
+                let k = e.len();
+                same_as_chunks(&typed(e, vec![I32; k]), &[&x, &y], &[n]);
+            }
+        }
+    }
+
+    #[test]
+    fn casts_both_ways() {
+        use DType::{F32, I32};
+        use Instr::*;
+        let n = 517;
+        // Floats at the edges of i32: out of range both ways, the largest
+        // f32 below 2^31, ties, NaN, infinities, negative zero.
+        let edges = [
+            2_147_483_648.0f32,
+            2_147_483_520.0,
+            -2_147_483_648.0,
+            -2_147_483_904.0,
+            1e10,
+            -1e10,
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+        ];
+        let fx = match floats(&[n], 3) {
+            Value::F32(mut a) => {
+                a.iter_mut().enumerate().for_each(|(i, v)| {
+                    *v = edges.get(i % 29).copied().unwrap_or(*v * 3.0e9);
+                });
+                Value::F32(a)
+            }
+            v => v,
+        };
+        // i32 values f32 cannot hold exactly: they round.
+        let ix = match ints(&[n], 4) {
+            Value::I32(mut a) => {
+                a.iter_mut().enumerate().for_each(|(i, v)| {
+                    if i % 5 == 0 {
+                        *v = 16_777_217 + i as i32;
+                    }
+                });
+                Value::I32(a)
+            }
+            v => v,
+        };
+        same_as_chunks(
+            &typed(vec![Input(0), Cast(I32, 0)], vec![F32, I32]),
+            &[&fx],
+            &[n],
+        );
+        same_as_chunks(
+            &typed(vec![Input(0), Cast(F32, 0)], vec![I32, F32]),
+            &[&ix],
+            &[n],
+        );
+        // A mixed chain: floats to ints, integer ops against an i32
+        // operand, back to floats, float ops against an f32 operand.
+        let e = typed(
+            vec![
+                Input(0),
+                Scalar(tensorgraph_core::Scalar::F32(100.0)),
+                Binary(BinaryOp::Mul, 0, 1),
+                Cast(I32, 2),
+                Input(1),
+                Binary(BinaryOp::Sub, 3, 4),
+                Scalar(tensorgraph_core::Scalar::I32(7)),
+                Binary(BinaryOp::Div, 5, 6),
+                Unary(UnaryOp::Abs, 7),
+                Cast(F32, 8),
+                Binary(BinaryOp::Max, 9, 0),
+                Cast(F32, 9),
+                Binary(BinaryOp::Sub, 10, 11),
+            ],
+            vec![
+                F32, F32, F32, I32, I32, I32, I32, I32, I32, F32, F32, F32, F32,
+            ],
+        );
+        same_as_chunks(&e, &[&fx, &ix], &[n]);
+        // Literals of both types fold through casts.
+        let folded = typed(
+            vec![
+                Scalar(tensorgraph_core::Scalar::F32(-7.9)),
+                Cast(I32, 0),
+                Input(0),
+                Binary(BinaryOp::Mul, 1, 2),
+            ],
+            vec![F32, I32, I32, I32],
+        );
+        same_as_chunks(&folded, &[&ix], &[n]);
+    }
+
+    #[test]
+    fn a_program_runs_only_into_its_own_dtype() {
+        let e = typed(
+            vec![Instr::Input(0), Instr::Unary(UnaryOp::Neg, 0)],
+            vec![DType::I32; 2],
+        );
+        let iv = ints(&[300], 5);
+        let ty = TensorType::new(DType::I32, [300]);
+        let result: KResult<()> = with_program(&e, &ty, &[Some(&iv)], |p| {
+            // Where the machine runs it (a CPU with AVX2).
+            if let Some(m) = &p.machine {
+                assert_eq!(m.out(), DType::I32);
+                let mut wrong = vec![0.0f32; 300];
+                let err = p.run_part(0, &mut wrong, &mut p.chunk_scratch());
+                assert!(err.is_err(), "an i32 program wrote f32 elements");
+            }
+            Ok(())
+        });
+        result.expect("runs");
     }
 }
