@@ -327,5 +327,71 @@ fn fusion_gpu(c: &mut Criterion) {
 #[cfg(not(feature = "gpu"))]
 fn fusion_gpu(_: &mut Criterion) {}
 
-criterion_group!(benches, fusion, fusion_in_cache, fusion_gpu);
+/// Quantise to i32 and back over 1M elements (8 MB moved): casts and
+/// integer ops fused with float ones, against ndarray op by op.
+/// `x*127 -> i32, max -127, min 127 -> f32, *(1/127), x - that`.
+fn fusion_with_casts(c: &mut Criterion) {
+    const M: usize = 1 << 20;
+    let mut group = c.benchmark_group("fused_quantise_1M");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(M as u64));
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [M]).expect("input");
+    let q = (&x * 127.0).cast(DType::I32).expect("cast");
+    let q = q
+        .maximum(&g.constant(-127i32))
+        .and_then(|q| q.minimum(&g.constant(127i32)))
+        .expect("clamp");
+    let back = q.cast(DType::F32).expect("cast") * (1.0 / 127.0);
+    let err = &x - &back;
+    let plan = g
+        .compile(&[&err], &tensorgraph::options(Device::Cpu).expect("cpu"))
+        .expect("compile");
+    let xv = ArrayD::from_shape_fn(IxDyn(&[M]), |i| (i[0] % 1000) as f32 * 0.0023 - 1.1);
+    let reference = {
+        let q = xv.mapv(|v| v * 127.0);
+        let q = q.mapv(|v| v as i32);
+        let q = q.mapv(|v| v.max(-127));
+        let q = q.mapv(|v| v.min(127));
+        let b = q.mapv(|v| v as f32);
+        let b = b * (1.0 / 127.0);
+        &xv - &b
+    };
+    let feeds = [("x", Value::from(xv.clone()))];
+    let mut outputs = plan.run(&feeds).expect("run");
+    assert_eq!(
+        outputs[0].as_f32(),
+        Some(&reference),
+        "the fused quantisation"
+    );
+    group.bench_function("ndarray-op-by-op", |bench| {
+        bench.iter(|| {
+            let q = xv.mapv(|v| v * 127.0);
+            let q = q.mapv(|v| v as i32);
+            let q = q.mapv(|v| v.max(-127));
+            let q = q.mapv(|v| v.min(127));
+            let b = q.mapv(|v| v as f32);
+            let b = b * (1.0 / 127.0);
+            black_box(&xv - &b)
+        })
+    });
+    group.bench_function("tensorgraph-cpu-fused-run-into", |bench| {
+        bench.iter(|| {
+            plan.run_into(&feeds, &mut outputs).expect("run_into");
+            black_box(&outputs);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    fusion,
+    fusion_in_cache,
+    fusion_with_casts,
+    fusion_gpu
+);
 criterion_main!(benches);
