@@ -58,17 +58,25 @@ pub fn on_every_device(case: impl Fn(Device)) {
     }
 }
 
-/// Compiles `outputs` for `device`. `None` (reported as skipped) when the
-/// device's backend says it does not support a kernel; any other error
-/// fails the test.
+/// The compile options for `device` (the process-wide backends, the CPU's
+/// first), with every pass off when CI's node-by-node run asks.
 #[track_caller]
-pub fn compile_on(device: Device, g: &Graph, outputs: &[&Tensor]) -> Option<Plan> {
+pub fn options_on(device: Device) -> tensorgraph::CompileOptions {
     let mut options = tensorgraph::options(device)
         .unwrap_or_else(|e| panic!("options({device}) failed for an available device: {e}"));
     // CI runs the suite a second time node by node: TENSORGRAPH_PASSES=none.
     if std::env::var("TENSORGRAPH_PASSES").as_deref() == Ok("none") {
         options.passes = tensorgraph::PassOptions::none();
     }
+    options
+}
+
+/// Compiles `outputs` for `device`. `None` (reported as skipped) when the
+/// device's backend says it does not support a kernel; any other error
+/// fails the test.
+#[track_caller]
+pub fn compile_on(device: Device, g: &Graph, outputs: &[&Tensor]) -> Option<Plan> {
+    let options = options_on(device);
     match g.compile(outputs, &options) {
         Ok(plan) => Some(plan),
         Err(e @ Error::Unsupported { .. }) => {
