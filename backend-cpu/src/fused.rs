@@ -183,8 +183,8 @@ struct Program<'a> {
     regs: [usize; 2],
     /// The instruction set the loops run with.
     isa: Isa,
-    /// The register machine, which runs instead of `steps` for f32
-    /// expressions where the CPU has AVX2 or AVX-512.
+    /// The register machine, which runs instead of `steps` for f32 and
+    /// i32 expressions (casts included) where the CPU has AVX2 or AVX-512.
     #[cfg(target_arch = "x86_64")]
     machine: Option<machine::Machine>,
 }

@@ -16,8 +16,8 @@
 //! again later is stored to a block register in L1 just before the
 //! accumulator is overwritten. Operands are read in place (row-major ones)
 //! or gathered per block (broadcast and strided ones, the in-place donor,
-//! and every operand of a short last block). Transcendental ops and `pow`
-//! run out of line, lane by lane, on block registers: the accumulator is
+//! and every operand of a short last block). Transcendental ops, `pow` and
+//! i32 division run out of line, lane by lane, on block registers: the accumulator is
 //! stored to one and loaded back from another around them, and stays in
 //! vector registers through every other op (called with it as an argument,
 //! they made LLVM keep it on the stack throughout: four times slower).
@@ -67,7 +67,7 @@ enum Src {
 /// further 9%). Binary ops take a literal (`K`), a slot of the block's
 /// pointer table (`M`) or the accumulator itself (`A`, `x op x`); the
 /// `Rev` forms compute `operand op acc`. All but `Store`, `Lanes` and
-/// `Pow` overwrite the accumulator; those three write block registers,
+/// `Lanes2` overwrite the accumulator; those three write block registers,
 /// running out of line on memory (see the module's documentation).
 #[derive(Debug, Clone, Copy)]
 enum Op {
@@ -146,7 +146,7 @@ enum Op {
 }
 
 impl Op {
-    /// `acc = acc op src` (`src op acc` when `rev`). Pow is `Op::Pow`.
+    /// `acc = acc op src` (`src op acc` when `rev`). Pow is `Op::Lanes2`.
     fn binary(op: BinaryOp, rev: bool, src: Src) -> KResult<Op> {
         use Op::*;
         use Src::{Acc as A, Slot as M, Splat as K};
@@ -252,7 +252,7 @@ enum Val {
     Computed,
 }
 
-/// A compiled f32 block program.
+/// A compiled block program over 32-bit lanes.
 #[derive(Debug)]
 pub(super) struct Machine {
     ops: Vec<Op>,
@@ -590,7 +590,7 @@ impl Machine {
                 k < total && (k >= self.operands || self.reads.contains(&k))
             }
             Src::Splat(_) => true,
-            // `slots` names the accumulator nowhere: only `Pow` could, and
+            // `slots` names the accumulator nowhere: only `Lanes2` could, and
             // the compiler stores it to a register first.
             Src::Acc => false,
         };
@@ -1800,14 +1800,16 @@ mod tests {
         same_as_chunks(&e, &[&x, &row, &t], &[17, 130]);
     }
 
-    /// i32 operands with the values integer ops go wrong at.
+    /// i32 operands with the values integer ops go wrong at, placed by
+    /// `seed` so that two operands pair them up differently (MIN / -1,
+    /// MAX + 1, MIN * -1, MAX against MIN).
     fn ints(shape: &[usize], seed: u32) -> Value {
-        let special = [i32::MIN, i32::MAX, 0, -1, 1, i32::MIN + 1, 2, -2];
+        let special = [i32::MIN, -1, i32::MAX, 1, 0, i32::MIN + 1, 2, -2];
         let a = crate::test_data::xorshift_floats(shape, seed, 13, 1);
-        let mut k = 0usize;
+        let mut k = seed as usize;
         Value::I32(a.mapv(|x| {
             k += 1;
-            special.get(k % 37).copied().unwrap_or(
+            special.get(k % 11).copied().unwrap_or(
                 ((x * 3.0e4) as i32).wrapping_mul(if k.is_multiple_of(3) { 70_001 } else { 1 }),
             )
         }))
@@ -1851,6 +1853,35 @@ mod tests {
                 same_as_chunks(&typed(e, vec![I32; k]), &[&x, &y], &[n]);
             }
         }
+    }
+
+    #[test]
+    fn i32_broadcast_strided_and_splat_operands() {
+        use BinaryOp::*;
+        use DType::I32;
+        use Instr::*;
+        let e = typed(
+            vec![
+                Input(0),
+                Input(1),
+                Input(2),
+                Binary(Add, 0, 1),
+                Binary(Mul, 3, 2),
+                Binary(Div, 4, 1),
+                Binary(Sub, 2, 5),
+                Cast(I32, 6),
+            ],
+            vec![I32; 8],
+        );
+        let x = ints(&[17, 130], 4);
+        let row = ints(&[130], 5);
+        let one = ints(&[1, 1], 6);
+        same_as_chunks(&e, &[&x, &row, &one], &[17, 130]);
+        let t = match ints(&[130, 17], 7) {
+            Value::I32(a) => Value::I32(a.reversed_axes()),
+            v => v,
+        };
+        same_as_chunks(&e, &[&x, &row, &t], &[17, 130]);
     }
 
     #[test]
@@ -1945,22 +1976,30 @@ mod tests {
 
     #[test]
     fn a_program_runs_only_into_its_own_dtype() {
-        let e = typed(
-            vec![Instr::Input(0), Instr::Unary(UnaryOp::Neg, 0)],
-            vec![DType::I32; 2],
-        );
-        let iv = ints(&[300], 5);
-        let ty = TensorType::new(DType::I32, [300]);
-        let result: KResult<()> = with_program(&e, &ty, &[Some(&iv)], |p| {
-            // Where the machine runs it (a CPU with AVX2).
-            if let Some(m) = &p.machine {
-                assert_eq!(m.out(), DType::I32);
-                let mut wrong = vec![0.0f32; 300];
-                let err = p.run_part(0, &mut wrong, &mut p.chunk_scratch());
-                assert!(err.is_err(), "an i32 program wrote f32 elements");
-            }
-            Ok(())
-        });
-        result.expect("runs");
+        let neg = |d: DType| {
+            typed(
+                vec![Instr::Input(0), Instr::Unary(UnaryOp::Neg, 0)],
+                vec![d; 2],
+            )
+        };
+        let (iv, fv) = (ints(&[300], 5), floats(&[300], 5));
+        for (e, v) in [(neg(DType::I32), &iv), (neg(DType::F32), &fv)] {
+            let d = e.dtypes[0];
+            let ty = TensorType::new(d, [300]);
+            let result: KResult<()> = with_program(&e, &ty, &[Some(v)], |p| {
+                // Where the machine runs it (a CPU with AVX2).
+                if let Some(m) = &p.machine {
+                    assert_eq!(m.out(), d);
+                    let err = if d == DType::I32 {
+                        p.run_part(0, &mut [0.0f32; 300], &mut p.chunk_scratch())
+                    } else {
+                        p.run_part(0, &mut [0i32; 300], &mut p.chunk_scratch())
+                    };
+                    assert!(err.is_err(), "a {d} program wrote the other dtype");
+                }
+                Ok(())
+            });
+            result.expect("runs");
+        }
     }
 }
