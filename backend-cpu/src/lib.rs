@@ -105,7 +105,7 @@ impl CpuBackend {
 
     /// Runs one step: register a source, or compute and store outputs.
     fn run_step(&self, step: &Step, env: &Env<'_>, meter: &Meter) -> Result<()> {
-        trace_run(step);
+        trace_run(step, env);
         let fail = |message: String| Error::Backend {
             backend: self.name().to_string(),
             node: step.name.clone(),

@@ -8,7 +8,7 @@
 //! beyond that is dropped. Metering is untouched: the meter counts logical
 //! buffers of a run, and pooled storage belongs to none.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,11 +21,11 @@ pub(crate) const DEFAULT_LIMIT: usize = 256 << 20;
 
 /// Kept vectors of one element type, by size class.
 #[derive(Debug)]
-pub(crate) struct Shelf<T>(HashMap<u32, Vec<Vec<T>>>);
+pub(crate) struct Shelf<T>(FxHashMap<u32, Vec<Vec<T>>>);
 
 impl<T> Default for Shelf<T> {
     fn default() -> Self {
-        Shelf(HashMap::new())
+        Shelf(FxHashMap::default())
     }
 }
 

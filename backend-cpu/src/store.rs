@@ -5,7 +5,7 @@
 //! held only to insert, look up or remove an entry, never while a kernel
 //! computes, so several runs share one store freely.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,7 +57,7 @@ impl Deref for Held<'_> {
 /// Live buffers by id.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    buffers: Mutex<HashMap<u64, Entry>>,
+    buffers: Mutex<FxHashMap<u64, Entry>>,
     next: AtomicU64,
     /// Storage of freed buffers, for reuse.
     pool: Pool,
@@ -78,7 +78,7 @@ fn lent(buffer: BufferId) -> Error {
 }
 
 impl Store {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, FxHashMap<u64, Entry>> {
         // Every critical section is one map operation, so a panic
         // elsewhere cannot leave the map half-updated: poison is moot.
         self.buffers.lock().unwrap_or_else(|e| e.into_inner())

@@ -29,7 +29,7 @@ impl WgpuBackend {
         let mut result = Ok(());
         for step in segment.steps {
             last = &step.name;
-            trace_run(step);
+            trace_run(step, env);
             result = self
                 .record_step(&mut rec, step, env, segment.meter)
                 .and_then(|()| release_after(self, step, env));

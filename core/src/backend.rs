@@ -315,8 +315,12 @@ pub fn take_in_place(step: &Step, env: &Env<'_>) -> Result<Option<BufferId>> {
 }
 
 /// Emits the `run` trace event of a step; backends call it as each starts.
-pub fn trace_run(step: &Step) {
-    Recorder::mark_start();
+/// When the run records a timeline, this also opens the step's slice (a
+/// clock read per step, paid only then).
+pub fn trace_run(step: &Step, env: &Env<'_>) {
+    if env.recorder.is_some() {
+        Recorder::mark_start();
+    }
     tracing::debug!(target: "tensorgraph", "run {}", step.name);
 }
 

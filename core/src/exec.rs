@@ -227,7 +227,7 @@ impl Plan {
 
     /// Copies a transfer step's inputs to its device through the host.
     fn transfer(&self, step: &Step, env: &Env<'_>, meters: &[Meter]) -> Result<()> {
-        trace_run(step);
+        trace_run(step, env);
         let to = &self.backends[step.device];
         for (&from_v, &to_v) in step.inputs.iter().zip(&step.outputs) {
             let from = self.device_of(from_v);
