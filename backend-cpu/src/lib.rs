@@ -205,8 +205,10 @@ impl CpuBackend {
 fn serial(kernel: &Kernel) -> bool {
     let small = |t: &TensorType| t.shape.numel() < PAR_THRESHOLD;
     let own = match &kernel.op {
+        // The product splits at m·n·k (times batches) multiply-adds, half
+        // its flops.
         Op::MatMul | Op::MatMulEpilogue(_) => {
-            kernel.op.flops(&kernel.inputs, &kernel.outputs) < PAR_THRESHOLD as u64
+            kernel.op.flops(&kernel.inputs, &kernel.outputs) / 2 < PAR_THRESHOLD as u64
         }
         Op::ReducePrologue { shape, .. } => shape.numel() < PAR_THRESHOLD,
         _ => true,

@@ -567,6 +567,13 @@ fn serial_follows_where_kernels_split() -> Result<()> {
         crate::serial(&matmul(16)),
         "16^3 multiply-adds stay on one thread"
     );
-    assert!(!crate::serial(&matmul(64)), "64^3 multiply-adds split");
+    assert!(
+        crate::serial(&matmul(31)),
+        "31^3 < 32k multiply-adds stay too"
+    );
+    assert!(
+        !crate::serial(&matmul(32)),
+        "32^3 = 32k multiply-adds split"
+    );
     Ok(())
 }

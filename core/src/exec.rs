@@ -59,11 +59,13 @@ impl Plan {
     /// previous run's results, say). Each slot's storage is reused: a GPU
     /// output is copied straight into it; a CPU output's storage is handed
     /// to the CPU backend first, which builds this run's values in it. So
-    /// a loop of `run_into` allocates no fresh output memory (and takes no
-    /// page faults on it) once warm. (The CPU backend's storage pool is
-    /// shared by every plan on it: with runs in flight beside this one, a
-    /// CPU output may be built in another pooled buffer of its size and
-    /// moved into the slot, the slot's storage staying pooled.)
+    /// a loop of `run_into` whose outputs are fused kernels' or the GPU's
+    /// allocates no fresh output memory (and takes no page faults on it)
+    /// once warm; other CPU kernels (matmul, reductions) still build fresh
+    /// arrays, moved into the slots. (The CPU backend's storage pool is
+    /// shared by every plan on it: a CPU output may be built in another
+    /// pooled buffer of its size class, left by an earlier run or another
+    /// plan, and moved into the slot, the slot's storage staying pooled.)
     ///
     /// A slot count or type that differs from the outputs', or a bad feed,
     /// is an error before anything runs, and the slots are left as they
