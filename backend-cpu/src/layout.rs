@@ -19,29 +19,33 @@ impl TypedKernel for Layout<'_> {
             ));
         };
         let out = match self.0 {
-            LayoutOp::Reshape(shape) => x
-                .as_standard_layout()
-                .into_owned()
+            LayoutOp::Reshape(shape) => owned(x.view())?
                 .into_shape_with_order(IxDyn(shape.dims()))
                 .map_err(|e| format!("reshape {:?} to {shape}: {e}", x.shape()))?,
             LayoutOp::Permute(perm) => {
                 if perm.len() != x.ndim() || (0..perm.len()).any(|a| !perm.contains(&a)) {
                     return Err(format!("{perm:?} is not a permutation of {:?}", x.shape()));
                 }
-                x.view()
-                    .permuted_axes(IxDyn(perm))
-                    .as_standard_layout()
-                    .into_owned()
+                owned(x.view().permuted_axes(IxDyn(perm)))?
             }
-            LayoutOp::BroadcastTo(shape) => x
-                .broadcast(IxDyn(shape.dims()))
-                .ok_or_else(|| format!("cannot broadcast {:?} to {shape}", x.shape()))?
-                .as_standard_layout()
-                .into_owned(),
-            LayoutOp::Slice(ranges) => slice(x, ranges)?.as_standard_layout().into_owned(),
+            LayoutOp::BroadcastTo(shape) => owned(
+                x.broadcast(IxDyn(shape.dims()))
+                    .ok_or_else(|| format!("cannot broadcast {:?} to {shape}", x.shape()))?,
+            )?,
+            LayoutOp::Slice(ranges) => owned(slice(x, ranges)?)?,
         };
         Ok(vec![out])
     }
+}
+
+/// A row-major copy of `v` in fresh storage, asking for huge pages when
+/// large (see `pool::huge_pages`) before the copy touches it.
+fn owned<T: Element>(v: ArrayViewD<'_, T>) -> KResult<ArrayD<T>> {
+    let data = vec![T::default(); v.len()];
+    crate::pool::huge_pages(&data);
+    let mut out = ArrayD::from_shape_vec(v.raw_dim(), data).map_err(|e| e.to_string())?;
+    out.assign(&v);
+    Ok(out)
 }
 
 /// A view of the strided window `ranges` (one per axis), checked first so
@@ -121,7 +125,7 @@ impl TypedKernel for Split<'_> {
         let mut out = Vec::with_capacity(self.sizes.len());
         for &size in self.sizes {
             let part = x.slice_axis(Axis(self.axis), Slice::from(start..start + size));
-            out.push(part.as_standard_layout().into_owned());
+            out.push(owned(part)?);
             start += size;
         }
         Ok(out)
