@@ -207,5 +207,41 @@ fn placement(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, elementwise, reduction, tall_skinny, mlp, placement);
+/// A transposed copy: ndarray's row-major copy of `x.t()` against a
+/// permute on the CPU backend (its result is a fresh row-major array too).
+fn transpose(c: &mut Criterion) {
+    let mut group = c.benchmark_group("transpose_copy");
+    configure(&mut group);
+    for &n in &[1024usize, 4096] {
+        let x = common::random(&[n, n], 5);
+        group.throughput(Throughput::Bytes(8 * (n * n) as u64));
+        group.bench_with_input(BenchmarkId::new("ndarray", n), &n, |b, _| {
+            b.iter(|| black_box(x.t().as_standard_layout().into_owned()))
+        });
+        let g = Graph::new();
+        let xt = g.input("x", DType::F32, [n, n]).expect("input");
+        let out = xt.permute(&[1, 0]).expect("permute");
+        let plan = g
+            .compile(
+                &[&out],
+                &tensorgraph::options(tensorgraph::Device::Cpu).expect("cpu"),
+            )
+            .expect("compile");
+        let feeds = [("x", Value::from(x.clone()))];
+        group.bench_with_input(BenchmarkId::new("tensorgraph-cpu", n), &n, |b, _| {
+            b.iter(|| black_box(plan.run(&feeds).expect("run")))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    elementwise,
+    reduction,
+    tall_skinny,
+    mlp,
+    placement,
+    transpose
+);
 criterion_main!(benches);

@@ -1,10 +1,11 @@
 //! Data movement: reshape, permute, broadcast, slice, concat and split.
 //! Every result is a fresh standard-layout (row-major) array.
 
-use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
+use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis, Ix2, IxDyn, Slice, s};
+use rayon::prelude::*;
 use tensorgraph_core::{LayoutOp, SliceRange};
 
-use crate::element::{Element, KResult, TypedKernel};
+use crate::element::{Element, KResult, PAR_THRESHOLD, TypedKernel};
 
 /// One [`LayoutOp`].
 pub(crate) struct Layout<'a>(pub(crate) &'a LayoutOp);
@@ -41,11 +42,80 @@ impl TypedKernel for Layout<'_> {
 /// A row-major copy of `v` in fresh storage, asking for huge pages when
 /// large (see `pool::huge_pages`) before the copy touches it.
 fn owned<T: Element>(v: ArrayViewD<'_, T>) -> KResult<ArrayD<T>> {
+    if let Some(out) = transposed(&v)? {
+        return Ok(out);
+    }
     let data = vec![T::default(); v.len()];
     crate::pool::huge_pages(&data);
     let mut out = ArrayD::from_shape_vec(v.raw_dim(), data).map_err(|e| e.to_string())?;
     out.assign(&v);
     Ok(out)
+}
+
+/// Side of the square tiles a transposed copy moves at a time: a tile of
+/// the source and one of the result (4 KiB each in f32) stay in L1.
+const TILE: usize = 32;
+
+/// The row-major copy of `v` when its last two axes are a transposed
+/// matrix (the second-last axis contiguous in memory, the last not), as a
+/// permute of the last two axes of a row-major array makes, and large
+/// enough to split: copied in square tiles, in parallel over the matrices
+/// and the tile rows. Copying element by element in row-major order would
+/// read the source a cache line per element (a 4096² transpose took
+/// 135 ms). `None` for every other view.
+fn transposed<T: Element>(v: &ArrayViewD<'_, T>) -> KResult<Option<ArrayD<T>>> {
+    let nd = v.ndim();
+    if nd < 2 || v.len() < PAR_THRESHOLD {
+        return Ok(None);
+    }
+    let (st, dims) = (v.strides(), v.shape());
+    if st[nd - 2] != 1 || st[nd - 1] == 1 || dims[nd - 2] < 2 || dims[nd - 1] < 2 {
+        return Ok(None);
+    }
+    let (rows, cols) = (dims[nd - 2], dims[nd - 1]);
+    // One matrix view per index of the leading axes, in row-major order.
+    let mut mats: Vec<ArrayView2<'_, T>> = Vec::with_capacity(v.len() / (rows * cols));
+    let mut pending = vec![v.clone()];
+    while let Some(w) = pending.pop() {
+        if w.ndim() == 2 {
+            mats.push(w.into_dimensionality::<Ix2>().map_err(|e| e.to_string())?);
+        } else {
+            // Pushed in reverse, so popped (and so collected) in order.
+            for i in (0..w.len_of(Axis(0))).rev() {
+                pending.push(w.clone().index_axis_move(Axis(0), i));
+            }
+        }
+    }
+    if mats.len() * rows * cols != v.len() {
+        return Err(format!(
+            "{} matrices of {rows}x{cols} for {dims:?}",
+            mats.len()
+        ));
+    }
+    let mut data = vec![T::default(); v.len()];
+    crate::pool::huge_pages(&data);
+    data.par_chunks_mut(rows * cols)
+        .zip(mats.par_iter())
+        .try_for_each(|(chunk, src)| -> KResult<()> {
+            let mut dst =
+                ArrayViewMut2::from_shape((rows, cols), chunk).map_err(|e| e.to_string())?;
+            dst.axis_chunks_iter_mut(Axis(0), TILE)
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(t, mut band)| {
+                    let r0 = t * TILE;
+                    let r1 = r0 + band.nrows();
+                    for c0 in (0..cols).step_by(TILE) {
+                        let c1 = (c0 + TILE).min(cols);
+                        band.slice_mut(s![.., c0..c1])
+                            .assign(&src.slice(s![r0..r1, c0..c1]));
+                    }
+                });
+            Ok(())
+        })?;
+    ArrayD::from_shape_vec(IxDyn(dims), data)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// A view of the strided window `ranges` (one per axis), checked first so
@@ -129,5 +199,52 @@ impl TypedKernel for Split<'_> {
             start += size;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+    use tensorgraph_core::LayoutOp;
+
+    use super::Layout;
+    use crate::element::TypedKernel;
+
+    /// Permutes that swap the last two axes go through the tiled copy
+    /// (tiles cut at every edge: sizes not multiples of 32); others keep
+    /// ndarray's copy. All equal ndarray's row-major copy.
+    #[test]
+    fn permutes_equal_ndarray_tiled_or_not() {
+        let cases: [(&[usize], &[usize]); 6] = [
+            (&[513, 300], &[1, 0]),
+            (&[3, 130, 257], &[0, 2, 1]),
+            (&[2, 3, 70, 190], &[0, 1, 3, 2]),
+            (&[2, 3, 70, 190], &[1, 0, 3, 2]),
+            (&[40, 50, 60], &[2, 1, 0]),
+            (&[7, 5], &[1, 0]),
+        ];
+        for (shape, perm) in cases {
+            let mut k = 0i32;
+            let x = ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+                k = k.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                k >> 8
+            });
+            let want = x
+                .view()
+                .permuted_axes(IxDyn(perm))
+                .as_standard_layout()
+                .into_owned();
+            let op = LayoutOp::Permute(perm.to_vec());
+            let got = Layout(&op).run(&[x.view()]).expect("permute");
+            assert_eq!(got[0], want, "{shape:?} permuted {perm:?}");
+            assert!(got[0].is_standard_layout());
+            let xf = x.mapv(|v| v as f32 * 0.5);
+            let got = Layout(&op).run(&[xf.view()]).expect("permute");
+            assert_eq!(
+                got[0],
+                want.mapv(|v| v as f32 * 0.5),
+                "f32 {shape:?} {perm:?}"
+            );
+        }
     }
 }
