@@ -165,7 +165,13 @@ impl TypedKernel for Concat {
             return Err(format!("concat axis {} out of range", self.0));
         }
         let out = ndarray::concatenate(Axis(self.0), inputs).map_err(|e| format!("concat: {e}"))?;
-        Ok(vec![out.as_standard_layout().into_owned()])
+        // `concatenate` appends, which may leave the result in another
+        // memory order; one already row-major is kept, not copied again.
+        Ok(vec![if out.is_standard_layout() {
+            out
+        } else {
+            out.as_standard_layout().into_owned()
+        }])
     }
 }
 
