@@ -6,6 +6,8 @@ use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
 use tensorgraph_core::{DType, Value};
 
+use crate::pool::{Alloc, Pooled};
+
 /// Below this many elements a kernel runs on the calling thread: handing
 /// tiny work to rayon costs more than doing it.
 pub(crate) const PAR_THRESHOLD: usize = 32 * 1024;
@@ -51,7 +53,9 @@ pub(crate) trait Element:
     fn mean(sum: Self, count: usize) -> Self;
 
     /// `c = a x b` for row-major `a: [m, k]`, `b: [k, n]`, `c: [m, n]`
-    /// (`c` arrives zeroed). `threads > 1` lets the product go parallel.
+    /// (`c`'s contents on entry are ignored: it may be pooled storage;
+    /// every element is written, zeros when `k` is 0). `threads > 1`
+    /// lets the product go parallel.
     fn gemm(m: usize, n: usize, k: usize, a: &[Self], b: &[Self], c: &mut [Self], threads: usize);
 }
 
@@ -148,7 +152,11 @@ impl Element for f32 {
     }
 
     fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
-        if m == 0 || n == 0 || k == 0 || a.len() < m * k || b.len() < k * n || c.len() < m * n {
+        if a.len() < m * k || b.len() < k * n || c.len() < m * n {
+            return;
+        }
+        if m == 0 || n == 0 || k == 0 {
+            c[..m * n].fill(0.0);
             return;
         }
         let parallelism = if threads > 1 {
@@ -253,11 +261,13 @@ impl Element for i32 {
     }
 
     fn gemm(m: usize, n: usize, k: usize, a: &[i32], b: &[i32], c: &mut [i32], threads: usize) {
-        if m == 0 || n == 0 || k == 0 || a.len() < m * k || b.len() < k * n || c.len() < m * n {
+        if m * n == 0 || a.len() < m * k || b.len() < k * n || c.len() < m * n {
             return;
         }
-        // i-k-j order: the inner loop runs along rows of `b` and `c`.
+        // i-k-j order: the inner loop runs along rows of `b` and `c`,
+        // each row cleared first (`c` may hold a pooled buffer's data).
         let row = |(i, crow): (usize, &mut [i32])| {
+            crow.fill(0);
             for (p, &aip) in a[i * k..(i + 1) * k].iter().enumerate() {
                 for (cj, &bj) in crow.iter_mut().zip(&b[p * n..(p + 1) * n]) {
                     *cj = cj.wrapping_add(aip.wrapping_mul(bj));
@@ -273,22 +283,35 @@ impl Element for i32 {
 }
 
 /// A kernel written once over every element type: takes views of its
-/// operands (all of one dtype) and returns its outputs.
+/// operands (all of one dtype) and returns its outputs, their storage from
+/// `alloc`.
 pub(crate) trait TypedKernel {
-    fn run<T: Element>(&self, inputs: &[ArrayViewD<'_, T>]) -> KResult<Vec<ArrayD<T>>>;
+    fn run<T: Pooled>(
+        &self,
+        inputs: &[ArrayViewD<'_, T>],
+        alloc: Alloc<'_>,
+    ) -> KResult<Vec<ArrayD<T>>>;
 }
 
 /// Runs `kernel` on `inputs` at their dtype: the single dtype dispatch of
 /// the backend (casts aside, which change dtype by definition).
-pub(crate) fn dispatch<K: TypedKernel>(kernel: &K, inputs: &[&Value]) -> KResult<Vec<Value>> {
+pub(crate) fn dispatch<K: TypedKernel>(
+    kernel: &K,
+    inputs: &[&Value],
+    alloc: Alloc<'_>,
+) -> KResult<Vec<Value>> {
     match inputs.first().map(|v| v.dtype()) {
-        Some(DType::F32) => run_typed::<f32, K>(kernel, inputs),
-        Some(DType::I32) => run_typed::<i32, K>(kernel, inputs),
+        Some(DType::F32) => run_typed::<f32, K>(kernel, inputs, alloc),
+        Some(DType::I32) => run_typed::<i32, K>(kernel, inputs, alloc),
         None => Err("kernel has no operands".into()),
     }
 }
 
-fn run_typed<T: Element, K: TypedKernel>(kernel: &K, inputs: &[&Value]) -> KResult<Vec<Value>> {
+fn run_typed<T: Pooled, K: TypedKernel>(
+    kernel: &K,
+    inputs: &[&Value],
+    alloc: Alloc<'_>,
+) -> KResult<Vec<Value>> {
     let views = inputs
         .iter()
         .map(|v| {
@@ -297,7 +320,11 @@ fn run_typed<T: Element, K: TypedKernel>(kernel: &K, inputs: &[&Value]) -> KResu
                 .ok_or_else(|| format!("operand holds {}, expected {}", v.dtype(), T::DTYPE))
         })
         .collect::<KResult<Vec<_>>>()?;
-    Ok(kernel.run(&views)?.into_iter().map(T::into_value).collect())
+    Ok(kernel
+        .run(&views, alloc)?
+        .into_iter()
+        .map(T::into_value)
+        .collect())
 }
 
 #[cfg(test)]

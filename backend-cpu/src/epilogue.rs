@@ -23,7 +23,7 @@ pub(crate) fn matmul_epilogue(
             inputs.len()
         ));
     };
-    let mut product = dispatch(&MatMul { shape: &out.shape }, &[*a, *b])?
+    let mut product = dispatch(&MatMul { shape: &out.shape }, &[*a, *b], alloc)?
         .pop()
         .ok_or("matmul returned no product")?;
     if product.dtype() == out.dtype {
@@ -39,6 +39,8 @@ pub(crate) fn matmul_epilogue(
         let operands: Vec<&Value> = std::iter::once(&product)
             .chain(extra.iter().copied())
             .collect();
-        fused::fused_with(expr, out, &operands, alloc)
+        let result = fused::fused_with(expr, out, &operands, alloc);
+        alloc.recycle(product);
+        result
     }
 }

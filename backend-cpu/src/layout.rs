@@ -1,17 +1,23 @@
 //! Data movement: reshape, permute, broadcast, slice, concat and split.
-//! Every result is a fresh standard-layout (row-major) array.
+//! Every result is a standard-layout (row-major) array in storage from the
+//! kernel's [`Alloc`].
 
 use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis, Ix2, IxDyn, Slice, s};
 use rayon::prelude::*;
 use tensorgraph_core::{LayoutOp, SliceRange};
 
 use crate::element::{Element, KResult, PAR_THRESHOLD, TypedKernel};
+use crate::pool::{Alloc, Pooled};
 
 /// One [`LayoutOp`].
 pub(crate) struct Layout<'a>(pub(crate) &'a LayoutOp);
 
 impl TypedKernel for Layout<'_> {
-    fn run<T: Element>(&self, inputs: &[ArrayViewD<'_, T>]) -> KResult<Vec<ArrayD<T>>> {
+    fn run<T: Pooled>(
+        &self,
+        inputs: &[ArrayViewD<'_, T>],
+        alloc: Alloc<'_>,
+    ) -> KResult<Vec<ArrayD<T>>> {
         let [x] = inputs else {
             return Err(format!(
                 "{} takes 1 operand, got {}",
@@ -20,35 +26,34 @@ impl TypedKernel for Layout<'_> {
             ));
         };
         let out = match self.0 {
-            LayoutOp::Reshape(shape) => owned(x.view())?
+            LayoutOp::Reshape(shape) => owned(x.view(), alloc)?
                 .into_shape_with_order(IxDyn(shape.dims()))
                 .map_err(|e| format!("reshape {:?} to {shape}: {e}", x.shape()))?,
             LayoutOp::Permute(perm) => {
                 if perm.len() != x.ndim() || (0..perm.len()).any(|a| !perm.contains(&a)) {
                     return Err(format!("{perm:?} is not a permutation of {:?}", x.shape()));
                 }
-                owned(x.view().permuted_axes(IxDyn(perm)))?
+                owned(x.view().permuted_axes(IxDyn(perm)), alloc)?
             }
             LayoutOp::BroadcastTo(shape) => owned(
                 x.broadcast(IxDyn(shape.dims()))
                     .ok_or_else(|| format!("cannot broadcast {:?} to {shape}", x.shape()))?,
+                alloc,
             )?,
-            LayoutOp::Slice(ranges) => owned(slice(x, ranges)?)?,
+            LayoutOp::Slice(ranges) => owned(slice(x, ranges)?, alloc)?,
         };
         Ok(vec![out])
     }
 }
 
-/// A row-major copy of `v` in fresh storage, asking for huge pages when
-/// large (see `pool::huge_pages`) before the copy touches it.
-fn owned<T: Element>(v: ArrayViewD<'_, T>) -> KResult<ArrayD<T>> {
-    if let Some(out) = transposed(&v)? {
-        return Ok(out);
+/// A row-major copy of `v` in storage from `alloc` (fresh storage asks
+/// for huge pages when large, see `pool::huge_pages`).
+pub(crate) fn owned<T: Pooled>(v: ArrayViewD<'_, T>, alloc: Alloc<'_>) -> KResult<ArrayD<T>> {
+    let mut out =
+        ArrayD::from_shape_vec(v.raw_dim(), alloc.vec(v.len())).map_err(|e| e.to_string())?;
+    if !transposed(&v, &mut out)? {
+        out.assign(&v);
     }
-    let data = vec![T::default(); v.len()];
-    crate::pool::huge_pages(&data);
-    let mut out = ArrayD::from_shape_vec(v.raw_dim(), data).map_err(|e| e.to_string())?;
-    out.assign(&v);
     Ok(out)
 }
 
@@ -56,21 +61,22 @@ fn owned<T: Element>(v: ArrayViewD<'_, T>) -> KResult<ArrayD<T>> {
 /// the source and one of the result (4 KiB each in f32) stay in L1.
 const TILE: usize = 32;
 
-/// The row-major copy of `v` when its last two axes are a transposed
-/// matrix (the second-last axis contiguous in memory, the last not), as a
-/// permute of the last two axes of a row-major array makes, and large
-/// enough to split: copied in square tiles, in parallel over the matrices
-/// and the tile rows. Copying element by element in row-major order would
-/// read the source a cache line per element (a 4096² transpose took
-/// 135 ms). `None` for every other view.
-fn transposed<T: Element>(v: &ArrayViewD<'_, T>) -> KResult<Option<ArrayD<T>>> {
+/// Copies `v` into `out` (row-major, of `v`'s shape) when `v`'s last two
+/// axes are a transposed matrix (the second-last axis contiguous in
+/// memory, the last not), as a permute of the last two axes of a
+/// row-major array makes, and large enough to split: in square tiles, in
+/// parallel over the matrices and the tile rows. Copying element by
+/// element in row-major order would read the source a cache line per
+/// element (a 4096² transpose took 135 ms). `false`, `out` untouched, for
+/// every other view.
+fn transposed<T: Element>(v: &ArrayViewD<'_, T>, out: &mut ArrayD<T>) -> KResult<bool> {
     let nd = v.ndim();
     if nd < 2 || v.len() < PAR_THRESHOLD {
-        return Ok(None);
+        return Ok(false);
     }
     let (st, dims) = (v.strides(), v.shape());
     if st[nd - 2] != 1 || st[nd - 1] == 1 || dims[nd - 2] < 2 || dims[nd - 1] < 2 {
-        return Ok(None);
+        return Ok(false);
     }
     let (rows, cols) = (dims[nd - 2], dims[nd - 1]);
     // One matrix view per index of the leading axes, in row-major order.
@@ -86,14 +92,17 @@ fn transposed<T: Element>(v: &ArrayViewD<'_, T>) -> KResult<Option<ArrayD<T>>> {
             }
         }
     }
-    if mats.len() * rows * cols != v.len() {
-        return Err(format!(
-            "{} matrices of {rows}x{cols} for {dims:?}",
-            mats.len()
-        ));
-    }
-    let mut data = vec![T::default(); v.len()];
-    crate::pool::huge_pages(&data);
+    let fits = out.shape() == dims && mats.len() * rows * cols == out.len();
+    let data = match out.as_slice_mut() {
+        Some(data) if fits => data,
+        _ => {
+            return Err(format!(
+                "{} matrices of {rows}x{cols} for {dims:?} into {:?}",
+                mats.len(),
+                out.shape()
+            ));
+        }
+    };
     data.par_chunks_mut(rows * cols)
         .zip(mats.par_iter())
         .try_for_each(|(chunk, src)| -> KResult<()> {
@@ -113,9 +122,7 @@ fn transposed<T: Element>(v: &ArrayViewD<'_, T>) -> KResult<Option<ArrayD<T>>> {
                 });
             Ok(())
         })?;
-    ArrayD::from_shape_vec(IxDyn(dims), data)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    Ok(true)
 }
 
 /// A view of the strided window `ranges` (one per axis), checked first so
@@ -160,18 +167,37 @@ fn slice<'a, T>(x: &ArrayViewD<'a, T>, ranges: &[SliceRange]) -> KResult<ArrayVi
 pub(crate) struct Concat(pub(crate) usize);
 
 impl TypedKernel for Concat {
-    fn run<T: Element>(&self, inputs: &[ArrayViewD<'_, T>]) -> KResult<Vec<ArrayD<T>>> {
-        if inputs.iter().any(|x| self.0 >= x.ndim()) {
-            return Err(format!("concat axis {} out of range", self.0));
+    fn run<T: Pooled>(
+        &self,
+        inputs: &[ArrayViewD<'_, T>],
+        alloc: Alloc<'_>,
+    ) -> KResult<Vec<ArrayD<T>>> {
+        let axis = self.0;
+        let shapes: Vec<&[usize]> = inputs.iter().map(|x| x.shape()).collect();
+        let bad = || format!("cannot concat {shapes:?} along axis {axis}");
+        let first = *shapes.first().ok_or_else(bad)?;
+        if axis >= first.len() {
+            return Err(format!("concat axis {axis} out of range for {shapes:?}"));
         }
-        let out = ndarray::concatenate(Axis(self.0), inputs).map_err(|e| format!("concat: {e}"))?;
-        // `concatenate` appends, which may leave the result in another
-        // memory order; one already row-major is kept, not copied again.
-        Ok(vec![if out.is_standard_layout() {
-            out
-        } else {
-            out.as_standard_layout().into_owned()
-        }])
+        let same_but_axis = |s: &&[usize]| {
+            s.len() == first.len() && (0..s.len()).all(|a| a == axis || s[a] == first[a])
+        };
+        if !shapes.iter().all(same_but_axis) {
+            return Err(bad());
+        }
+        let mut dims = first.to_vec();
+        dims[axis] = shapes.iter().map(|s| s[axis]).sum();
+        let n = dims.iter().product();
+        let mut out =
+            ArrayD::from_shape_vec(IxDyn(&dims), alloc.vec(n)).map_err(|e| e.to_string())?;
+        let mut at = 0;
+        for x in inputs {
+            let len = x.len_of(Axis(axis));
+            out.slice_axis_mut(Axis(axis), Slice::from(at..at + len))
+                .assign(x);
+            at += len;
+        }
+        Ok(vec![out])
     }
 }
 
@@ -184,7 +210,11 @@ pub(crate) struct Split<'a> {
 }
 
 impl TypedKernel for Split<'_> {
-    fn run<T: Element>(&self, inputs: &[ArrayViewD<'_, T>]) -> KResult<Vec<ArrayD<T>>> {
+    fn run<T: Pooled>(
+        &self,
+        inputs: &[ArrayViewD<'_, T>],
+        alloc: Alloc<'_>,
+    ) -> KResult<Vec<ArrayD<T>>> {
         let [x] = inputs else {
             return Err(format!("split takes 1 operand, got {}", inputs.len()));
         };
@@ -201,7 +231,7 @@ impl TypedKernel for Split<'_> {
         let mut out = Vec::with_capacity(self.sizes.len());
         for &size in self.sizes {
             let part = x.slice_axis(Axis(self.axis), Slice::from(start..start + size));
-            out.push(owned(part)?);
+            out.push(owned(part, alloc)?);
             start += size;
         }
         Ok(out)
@@ -215,6 +245,7 @@ mod tests {
 
     use super::Layout;
     use crate::element::TypedKernel;
+    use crate::pool::Alloc;
 
     /// Permutes that swap the last two axes go through the tiled copy
     /// (tiles cut at every edge: sizes not multiples of 32); others keep
@@ -241,11 +272,11 @@ mod tests {
                 .as_standard_layout()
                 .into_owned();
             let op = LayoutOp::Permute(perm.to_vec());
-            let got = Layout(&op).run(&[x.view()]).expect("permute");
+            let got = Layout(&op).run(&[x.view()], Alloc::NONE).expect("permute");
             assert_eq!(got[0], want, "{shape:?} permuted {perm:?}");
             assert!(got[0].is_standard_layout());
             let xf = x.mapv(|v| v as f32 * 0.5);
-            let got = Layout(&op).run(&[xf.view()]).expect("permute");
+            let got = Layout(&op).run(&[xf.view()], Alloc::NONE).expect("permute");
             assert_eq!(
                 got[0],
                 want.mapv(|v| v as f32 * 0.5),

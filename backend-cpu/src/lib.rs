@@ -256,8 +256,8 @@ fn compute(kernel: &Kernel, inputs: &[&Value]) -> KResult<Vec<Value>> {
     compute_with(kernel, inputs, Alloc::NONE)
 }
 
-/// Computes one non-source kernel, fused outputs taking their storage
-/// from `alloc`. The op match is exhaustive: a new op fails to compile
+/// Computes one non-source kernel, its outputs taking their storage from
+/// `alloc`. The op match is exhaustive: a new op fails to compile
 /// here until it has a kernel.
 fn compute_with(kernel: &Kernel, inputs: &[&Value], alloc: Alloc<'_>) -> KResult<Vec<Value>> {
     let out_ty = || kernel.outputs.first().ok_or("kernel has no output type");
@@ -286,20 +286,23 @@ fn compute_with(kernel: &Kernel, inputs: &[&Value], alloc: Alloc<'_>) -> KResult
                 out: out_ty()?,
             },
             inputs,
+            alloc,
         )?]),
-        Op::Unary(op) => dispatch(&elementwise::Unary(*op), inputs),
+        Op::Unary(op) => dispatch(&elementwise::Unary(*op), inputs, alloc),
         Op::Binary(op) => dispatch(
             &elementwise::Binary {
                 op: *op,
                 shape: &out_ty()?.shape,
             },
             inputs,
+            alloc,
         ),
         Op::MatMul => dispatch(
             &matmul::MatMul {
                 shape: &out_ty()?.shape,
             },
             inputs,
+            alloc,
         ),
         Op::Reduce { op, axes, .. } => dispatch(
             &reduce::Reduce {
@@ -308,12 +311,13 @@ fn compute_with(kernel: &Kernel, inputs: &[&Value], alloc: Alloc<'_>) -> KResult
                 shape: &out_ty()?.shape,
             },
             inputs,
+            alloc,
         ),
-        Op::Layout(op) => dispatch(&layout::Layout(op), inputs),
-        Op::Concat { axis } => dispatch(&layout::Concat(*axis), inputs),
-        Op::Split { axis, sizes } => dispatch(&layout::Split { axis: *axis, sizes }, inputs),
+        Op::Layout(op) => dispatch(&layout::Layout(op), inputs, alloc),
+        Op::Concat { axis } => dispatch(&layout::Concat(*axis), inputs, alloc),
+        Op::Split { axis, sizes } => dispatch(&layout::Split { axis: *axis, sizes }, inputs, alloc),
         Op::Cast(to) => match inputs {
-            [x] => Ok(vec![elementwise::cast(x, *to)?]),
+            [x] => Ok(vec![elementwise::cast(x, *to, alloc)?]),
             _ => Err(format!("cast takes 1 operand, got {}", inputs.len())),
         },
     }

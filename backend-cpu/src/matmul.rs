@@ -6,7 +6,8 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use rayon::prelude::*;
 use tensorgraph_core::Shape;
 
-use crate::element::{Element, KResult, PAR_THRESHOLD, TypedKernel};
+use crate::element::{KResult, PAR_THRESHOLD, TypedKernel};
+use crate::pool::{Alloc, Pooled};
 
 /// Products below this many multiply-adds run on one thread; above it,
 /// each product is split across the pool unless there are enough batches
@@ -57,7 +58,11 @@ fn batch_offsets(dims: &[usize], out: &[usize]) -> KResult<Vec<usize>> {
 }
 
 impl TypedKernel for MatMul<'_> {
-    fn run<T: Element>(&self, inputs: &[ArrayViewD<'_, T>]) -> KResult<Vec<ArrayD<T>>> {
+    fn run<T: Pooled>(
+        &self,
+        inputs: &[ArrayViewD<'_, T>],
+        alloc: Alloc<'_>,
+    ) -> KResult<Vec<ArrayD<T>>> {
         let [a, b] = inputs else {
             return Err(format!("matmul takes 2 operands, got {}", inputs.len()));
         };
@@ -73,9 +78,9 @@ impl TypedKernel for MatMul<'_> {
         let out_batch = &od[..od.len() - 2];
         let a_off = batch_offsets(&ad[..ad.len() - 2], out_batch)?;
         let b_off = batch_offsets(&bd[..bd.len() - 2], out_batch)?;
-        let mut out = vec![T::default(); self.shape.numel()];
-        crate::pool::huge_pages(&out);
-        if m * n * k > 0 {
+        // Pooled or fresh: `gemm` writes every element, zeros when k = 0.
+        let mut out = alloc.vec::<T>(self.shape.numel());
+        if m * n > 0 {
             let a = a.as_standard_layout();
             let b = b.as_standard_layout();
             let (a, b) = match (a.as_slice(), b.as_slice()) {

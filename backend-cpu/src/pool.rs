@@ -1,8 +1,9 @@
 //! A pool of freed host storage, reused for kernel outputs.
 //!
 //! When the store frees an owned buffer that nothing else references, its
-//! `Vec` comes here instead of going back to the allocator; the fused
-//! kernel takes its output storage from here when a vector of its size
+//! `Vec` comes here instead of going back to the allocator; every kernel
+//! (elementwise, fused, matmul, reduction, layout) takes its output
+//! storage from here when a vector of its size
 //! class is kept. Size classes are per dtype, by capacity rounded up to a
 //! power of two. The pool keeps at most [`Pool::limit`] bytes; storage
 //! beyond that is dropped. Metering is untouched: the meter counts logical
@@ -192,9 +193,18 @@ impl Alloc<'_> {
         what: "",
     };
 
-    /// A vector of `n` elements, pooled when possible.
+    /// A vector of `n` elements, pooled when possible. Its contents are
+    /// unspecified: the kernel overwrites every element.
     pub(crate) fn vec<T: Pooled>(&self, n: usize) -> Vec<T> {
         Pool::vec(self.pool, n, self.what)
+    }
+
+    /// Gives a kernel's scratch storage (a copy it made of an operand,
+    /// say) back to the pool, when there is one, for a later output.
+    pub(crate) fn recycle(&self, value: Value) {
+        if let Some(pool) = self.pool {
+            pool.put(value);
+        }
     }
 }
 

@@ -11,6 +11,8 @@ use rayon::prelude::*;
 use tensorgraph_core::{ReduceOp, Shape};
 
 use crate::element::{Element, KResult, PAR_THRESHOLD, TypedKernel};
+use crate::layout::owned;
+use crate::pool::{Alloc, Pooled};
 
 /// Elements of one lane summed per parallel task when a single long lane
 /// is split.
@@ -32,7 +34,11 @@ pub(crate) struct Reduce<'a> {
 }
 
 impl TypedKernel for Reduce<'_> {
-    fn run<T: Element>(&self, inputs: &[ArrayViewD<'_, T>]) -> KResult<Vec<ArrayD<T>>> {
+    fn run<T: Pooled>(
+        &self,
+        inputs: &[ArrayViewD<'_, T>],
+        alloc: Alloc<'_>,
+    ) -> KResult<Vec<ArrayD<T>>> {
         let [x] = inputs else {
             return Err(format!(
                 "{} takes 1 operand, got {}",
@@ -49,32 +55,38 @@ impl TypedKernel for Reduce<'_> {
         if count == 0 && matches!(self.op, ReduceOp::Max | ReduceOp::Min) {
             return Err(format!("{} over an empty axis of {dims:?}", self.op.name()));
         }
+        let results = x.len().checked_div(count).unwrap_or(self.shape.numel());
+        if results != self.shape.numel() {
+            return Err(format!(
+                "{} over {:?} of {dims:?} into {}",
+                self.op.name(),
+                self.axes,
+                self.shape
+            ));
+        }
+        let mut out = alloc.vec::<T>(results);
         let contiguous = self.axes.windows(2).all(|w| w[1] == w[0] + 1);
-        let standard = x.as_slice();
-        let out = match (self.axes.first(), self.axes.last(), standard) {
+        match (self.axes.first(), self.axes.last(), x.as_slice()) {
+            // No elements reduced: the identity (0), or NaN for a float mean.
+            _ if count == 0 => out.fill(finish(self.op, T::default(), 0)),
             (Some(&first), Some(&last), Some(s)) if contiguous => {
                 let outer = dims[..first].iter().product();
                 let inner = dims[last + 1..].iter().product();
-                reduce_block(self.op, s, outer, count, inner)
+                reduce_block(self.op, s, outer, count, inner, &mut out)?;
             }
             _ => {
+                // Kept axes first, copied row-major (in tiles when that is
+                // a transpose) into scratch the pool gets back.
                 let kept = (0..dims.len()).filter(|a| !self.axes.contains(a));
                 let perm: Vec<usize> = kept.chain(self.axes.iter().copied()).collect();
-                let moved = x.view().permuted_axes(IxDyn(&perm));
-                let owned = moved.as_standard_layout();
-                let s = owned
+                let moved = owned(x.view().permuted_axes(IxDyn(&perm)), alloc)?;
+                let s = moved
                     .as_slice()
                     .ok_or("standard layout is not contiguous")?;
-                reduce_block(self.op, s, x.len() / count.max(1), count, 1)
+                reduce_block(self.op, s, results, count, 1, &mut out)?;
+                alloc.recycle(T::into_value(moved));
             }
-        };
-        let out = if count == 0 {
-            // No elements reduced: the identity (0), or NaN for a float mean.
-            let outer: usize = self.shape.numel();
-            vec![finish(self.op, T::default(), 0); outer]
-        } else {
-            out
-        };
+        }
         Ok(vec![
             ArrayD::from_shape_vec(IxDyn(self.shape.dims()), out).map_err(|e| e.to_string())?,
         ])
@@ -108,35 +120,46 @@ pub(crate) fn finish<T: Element>(op: ReduceOp, v: T, count: usize) -> T {
 }
 
 /// Reduces the middle axis of the row-major block `[outer, r, inner]` in
-/// `s`, giving `outer * inner` results. Empty when `r` is 0 (the caller
-/// fills in identities).
-fn reduce_block<T: Element>(op: ReduceOp, s: &[T], outer: usize, r: usize, inner: usize) -> Vec<T> {
-    if r == 0 || outer * inner == 0 || s.len() < outer * r * inner {
-        return Vec::new();
+/// `s` (`r` at least 1) into the `outer * inner` elements of `out`.
+fn reduce_block<T: Element>(
+    op: ReduceOp,
+    s: &[T],
+    outer: usize,
+    r: usize,
+    inner: usize,
+    out: &mut [T],
+) -> KResult<()> {
+    if r == 0 || s.len() < outer * r * inner || out.len() != outer * inner {
+        return Err(format!(
+            "{} of {} elements as [{outer}, {r}, {inner}] into {}",
+            op.name(),
+            s.len(),
+            out.len()
+        ));
+    }
+    if out.is_empty() {
+        return Ok(());
     }
     let big = outer * r * inner >= PAR_THRESHOLD;
+    let lanes = s[..outer * r].chunks(r);
     if inner == 1 {
         let threads = rayon::current_num_threads();
         if !big {
-            s[..outer * r]
-                .chunks(r)
-                .map(|l| finish(op, lane(op, l), r))
-                .collect()
+            for (o, l) in out.iter_mut().zip(lanes) {
+                *o = finish(op, lane(op, l), r);
+            }
         } else if outer >= 2 * threads {
-            s[..outer * r]
-                .par_chunks(r)
+            out.par_iter_mut()
+                .zip(s[..outer * r].par_chunks(r))
                 .with_min_len((PAR_THRESHOLD / r).max(1))
-                .map(|l| finish(op, lane(op, l), r))
-                .collect()
+                .for_each(|(o, l)| *o = finish(op, lane(op, l), r));
         } else {
             // Few long lanes: split each lane across the pool.
-            s[..outer * r]
-                .chunks(r)
-                .map(|l| finish(op, split_lane(op, l), r))
-                .collect()
+            for (o, l) in out.iter_mut().zip(lanes) {
+                *o = finish(op, split_lane(op, l), r);
+            }
         }
     } else {
-        let mut out = vec![T::default(); outer * inner];
         let block = r * inner;
         let one = |(ai, o): (usize, &mut [T])| {
             let rows = &s[ai * block..(ai + 1) * block];
@@ -153,11 +176,11 @@ fn reduce_block<T: Element>(op: ReduceOp, s: &[T], outer: usize, r: usize, inner
         } else {
             out.chunks_mut(inner).enumerate().for_each(one);
         }
-        for v in &mut out {
+        for v in out.iter_mut() {
             *v = finish(op, *v, r);
         }
-        out
     }
+    Ok(())
 }
 
 /// One long lane reduced in parallel chunks, partials combined pairwise.

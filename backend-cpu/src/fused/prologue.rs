@@ -14,8 +14,9 @@ use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use tensorgraph_core::{DType, FusedExpr, ReduceOp, Shape, TensorType, Value};
 
-use super::{Lane, Program, fused, with_program};
+use super::{Lane, Program, fused_with, with_program};
 use crate::element::{KResult, PAR_THRESHOLD, dispatch};
+use crate::pool::{Alloc, Pooled};
 use crate::reduce::{COL_CHUNK, ROW_BLOCK, Reduce, combine, finish, lane, pairwise};
 
 /// Prologue elements evaluated at once per task (whole lanes).
@@ -44,7 +45,11 @@ struct Blocks {
 }
 
 /// Evaluates and reduces `p` over `inputs`.
-pub(crate) fn reduce_prologue(p: &Prologue<'_>, inputs: &[&Value]) -> KResult<Value> {
+pub(crate) fn reduce_prologue(
+    p: &Prologue<'_>,
+    inputs: &[&Value],
+    alloc: Alloc<'_>,
+) -> KResult<Value> {
     let dtype = *p.expr.dtypes.last().ok_or("empty prologue program")?;
     if dtype != p.out.dtype {
         return Err(format!(
@@ -56,15 +61,18 @@ pub(crate) fn reduce_prologue(p: &Prologue<'_>, inputs: &[&Value]) -> KResult<Va
     let full = TensorType::new(dtype, p.shape.clone());
     let threads = rayon::current_num_threads();
     let Some(blocks) = streamable(p.axes, p.shape.dims(), threads) else {
-        let x = fused(p.expr, &full, inputs)?;
+        // The whole prologue, in scratch the pool gets back.
+        let x = fused_with(p.expr, &full, inputs, alloc)?;
         let reduce = Reduce {
             op: p.op,
             axes: p.axes,
             shape: &p.out.shape,
         };
-        return dispatch(&reduce, &[&x])?
+        let result = dispatch(&reduce, &[&x], alloc)?
             .pop()
             .ok_or_else(|| format!("{} returned nothing", p.op.name()));
+        alloc.recycle(x);
+        return result;
     };
     if blocks.outer * blocks.inner != p.out.shape.numel() {
         return Err(format!(
@@ -78,8 +86,8 @@ pub(crate) fn reduce_prologue(p: &Prologue<'_>, inputs: &[&Value]) -> KResult<Va
     let operands: Vec<Option<&Value>> = inputs.iter().copied().map(Some).collect();
     let dims = p.out.shape.dims();
     with_program(p.expr, &full, &operands, |program| match dtype {
-        DType::F32 => streamed::<f32>(program, p.op, blocks, dims),
-        DType::I32 => streamed::<i32>(program, p.op, blocks, dims),
+        DType::F32 => streamed::<f32>(program, p.op, blocks, dims, alloc),
+        DType::I32 => streamed::<i32>(program, p.op, blocks, dims, alloc),
     })
 }
 
@@ -104,13 +112,15 @@ fn streamable(axes: &[usize], dims: &[usize], threads: usize) -> Option<Blocks> 
 }
 
 /// Streams the reduction of `program`'s output into an array of `dims`.
-fn streamed<T: Lane>(
+fn streamed<T: Lane + Pooled>(
     program: &Program<'_>,
     op: ReduceOp,
     b: Blocks,
     dims: &[usize],
+    alloc: Alloc<'_>,
 ) -> KResult<Value> {
-    let mut out = vec![T::default(); b.outer * b.inner];
+    // Every element is written: by `lanes`, or by `columns` per group.
+    let mut out = alloc.vec::<T>(b.outer * b.inner);
     let big = b.outer * b.r * b.inner >= PAR_THRESHOLD;
     if b.inner == 1 {
         lanes(program, op, b.r, big, &mut out)?;
