@@ -12,10 +12,13 @@
 //! that operand's chunk is copied into a register where the program reads
 //! it, always before the last step writes the chunk.
 
+use std::sync::Arc;
+
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use tensorgraph_core::{BinaryOp, DType, FusedExpr, Instr, Scalar, TensorType, UnaryOp, Value};
 
+mod cache;
 mod chunk;
 mod donor;
 #[cfg(target_arch = "x86_64")]
@@ -23,6 +26,7 @@ mod machine;
 mod operand;
 mod prologue;
 
+use self::cache::Cache;
 use self::chunk::{
     Isa, Lane, Out, Src, binary_on, cast_scalar, fold_binary, fold_unary, map1, unary_on,
 };
@@ -174,9 +178,20 @@ struct Scratch {
     i32: Vec<Vec<i32>>,
 }
 
-/// A compiled fused kernel: operands bound, registers allocated.
+/// Compiled fused kernels, shared by every run and backend (see
+/// [`cache`]).
+static PROGRAMS: Cache<Code> = Cache::new();
+
+/// A compiled fused kernel with its operands bound.
 struct Program<'a> {
     operands: Vec<Bound<'a>>,
+    code: Arc<Code>,
+}
+
+/// A compiled fused kernel apart from its operands' memory: registers
+/// allocated, the chunk steps and the register machine. It reads each
+/// operand as [`cache::key`] describes it.
+struct Code {
     steps: Vec<Exec>,
     dims: Vec<usize>,
     /// Registers needed, f32 then i32.
@@ -222,10 +237,20 @@ fn check_types(expr: &FusedExpr, i: usize, operands: &[Bound<'_>]) -> KResult<()
 }
 
 impl<'a> Program<'a> {
+    /// `expr` over `operands`, compiled, or taken from [`PROGRAMS`] when it
+    /// was compiled for operands of the same kinds before.
+    fn compile(expr: &FusedExpr, operands: Vec<Bound<'a>>, dims: Vec<usize>) -> KResult<Self> {
+        let key = cache::key(expr, &operands, &dims);
+        let code = PROGRAMS.get_or_compile(key, || Code::compile(expr, &operands, dims))?;
+        Ok(Program { operands, code })
+    }
+}
+
+impl Code {
     /// Checks `expr` against its operands and lowers it to steps, giving
     /// each intermediate a register that is reused after its last reader.
     /// Instructions of literals only are folded here, once.
-    fn compile(expr: &FusedExpr, operands: Vec<Bound<'a>>, dims: Vec<usize>) -> KResult<Self> {
+    fn compile(expr: &FusedExpr, operands: &[Bound<'_>], dims: Vec<usize>) -> KResult<Self> {
         let n = expr.instrs.len();
         if n == 0 || expr.dtypes.len() != n {
             return Err(format!(
@@ -249,7 +274,7 @@ impl<'a> Program<'a> {
         let mut regs = Regs::default();
         let mut locs: Vec<Loc> = Vec::with_capacity(n);
         for (i, (&instr, &dtype)) in expr.instrs.iter().zip(&expr.dtypes).enumerate() {
-            check_types(expr, i, &operands)?;
+            check_types(expr, i, operands)?;
             // The result goes to the output, or to a fresh register taken
             // before the operands' registers are freed, so never aliases one.
             let dst = if i + 1 == n {
@@ -354,9 +379,8 @@ impl<'a> Program<'a> {
         }
         let isa = Isa::detect();
         #[cfg(target_arch = "x86_64")]
-        let machine = machine::Machine::compile(expr, &operands, isa)?;
-        Ok(Program {
-            operands,
+        let machine = machine::Machine::compile(expr, operands, isa)?;
+        Ok(Code {
             steps,
             dims,
             regs: regs.count,
@@ -365,12 +389,14 @@ impl<'a> Program<'a> {
             machine,
         })
     }
+}
 
+impl Program<'_> {
     /// Scratch for one task: none when the register machine runs every
     /// part, else the chunk registers.
     fn scratch(&self) -> Scratch {
         #[cfg(target_arch = "x86_64")]
-        if self.machine.is_some() {
+        if self.code.machine.is_some() {
             return Scratch {
                 f32: Vec::new(),
                 i32: Vec::new(),
@@ -382,14 +408,14 @@ impl<'a> Program<'a> {
     /// The chunk program's registers.
     fn chunk_scratch(&self) -> Scratch {
         Scratch {
-            f32: (0..self.regs[0]).map(|_| vec![0.0; CHUNK]).collect(),
-            i32: (0..self.regs[1]).map(|_| vec![0; CHUNK]).collect(),
+            f32: (0..self.code.regs[0]).map(|_| vec![0.0; CHUNK]).collect(),
+            i32: (0..self.code.regs[1]).map(|_| vec![0; CHUNK]).collect(),
         }
     }
 
     /// Runs the program over the whole output.
     fn run<R: Lane + Pooled>(&self, alloc: Alloc<'_>) -> KResult<ArrayD<R>> {
-        let n: usize = self.dims.iter().product();
+        let n: usize = self.code.dims.iter().product();
         // Storage of a freed buffer of the same size class, when the pool
         // keeps one: its pages are already faulted in. Otherwise
         // `vec![0; n]` is one `calloc`: a large output comes as fresh,
@@ -400,16 +426,16 @@ impl<'a> Program<'a> {
         // Every element is overwritten below, so old contents never show.
         let mut out = alloc.vec::<R>(n);
         self.run_into(&mut out)?;
-        ArrayD::from_shape_vec(IxDyn(&self.dims), out).map_err(|e| e.to_string())
+        ArrayD::from_shape_vec(IxDyn(&self.code.dims), out).map_err(|e| e.to_string())
     }
 
     /// Runs the program over `out`, the whole output, row-major.
     fn run_into<R: Lane>(&self, out: &mut [R]) -> KResult<()> {
         let n = out.len();
-        if n != self.dims.iter().product::<usize>() {
+        if n != self.code.dims.iter().product::<usize>() {
             return Err(format!(
                 "fused kernel: {n} output elements for {:?}",
-                self.dims
+                self.code.dims
             ));
         }
         // A whole output far larger than the caches is written around
@@ -448,7 +474,7 @@ impl<'a> Program<'a> {
         stream: bool,
     ) -> KResult<()> {
         #[cfg(target_arch = "x86_64")]
-        if let Some(m) = &self.machine {
+        if let Some(m) = &self.code.machine {
             if m.out() != R::DTYPE {
                 return Err(format!(
                     "fused kernel: a {} program writing {} elements",
@@ -457,9 +483,9 @@ impl<'a> Program<'a> {
                 ));
             }
             return m.run(
-                self.isa,
+                self.code.isa,
                 &self.operands,
-                &self.dims,
+                &self.code.dims,
                 start,
                 R::bits(part),
                 stream,
@@ -486,8 +512,8 @@ impl<'a> Program<'a> {
         };
         let mut out = R::wrap(out);
         let o = &mut out;
-        let isa = self.isa;
-        for step in &self.steps {
+        let isa = self.code.isa;
+        for step in &self.code.steps {
             use DType::{F32, I32};
             match *step {
                 Exec::Gather {
@@ -659,7 +685,7 @@ impl<'a> Program<'a> {
             .get_mut(reg)
             .and_then(|v| v.get_mut(..at.len))
             .ok_or("fused kernel: no gather register")?;
-        gather(data, strides, &self.dims, at.start, dst);
+        gather(data, strides, &self.code.dims, at.start, dst);
         Ok(())
     }
 }

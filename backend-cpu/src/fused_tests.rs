@@ -484,3 +484,48 @@ fn fused_throughput() {
         triad_reused / plan_run
     );
 }
+
+/// Compiled programs are kept by expression and operand kinds: running one
+/// expression again with another single-element operand (folded into the
+/// code as a literal), with a broadcast operand where a full one was, or
+/// into other dims, must not reuse code compiled for the first.
+#[test]
+fn kept_programs_never_serve_other_operands() {
+    use BinaryOp::*;
+    let mut b = B::default();
+    let (x, y) = (b.input(0, DType::F32), b.input(1, DType::F32));
+    let t = b.bin(Mul, x, y);
+    let t = b.un(UnaryOp::Tanh, t);
+    b.bin(Sub, t, y);
+    let expr = b.0;
+    let x = floats(&[70, 300], 1);
+    let cases: [(ArrayD<f32>, &[usize]); 6] = [
+        (ArrayD::from_elem(IxDyn(&[1]), 2.0), &[70, 300]),
+        (ArrayD::from_elem(IxDyn(&[1]), -3.0), &[70, 300]),
+        (ArrayD::from_elem(IxDyn(&[1]), 2.0), &[70, 300]),
+        (floats(&[300], 2), &[70, 300]),
+        (floats(&[70, 300], 3), &[70, 300]),
+        (floats(&[70, 1], 4), &[70, 300]),
+    ];
+    for round in 0..2 {
+        for (i, (y, out)) in cases.iter().enumerate() {
+            let (vx, vy) = (Value::F32(x.clone()), Value::F32(y.clone()));
+            let got = check(&expr, &[&vx, &vy], out, &format!("round {round}, case {i}"));
+            let yb = y.broadcast(IxDyn(out)).expect("broadcasts");
+            let want = ndarray::Zip::from(&x)
+                .and(&yb)
+                .map_collect(|&x, &y| (x * y).tanh() - y);
+            let got = got.into_f32().expect("f32");
+            for (p, q) in got.iter().zip(&want) {
+                assert!(
+                    (p - q).abs() <= 1e-6 * (1.0 + q.abs()),
+                    "round {round}, case {i}: {p} vs {q}"
+                );
+            }
+        }
+    }
+    // Into other dims: a kept [70, 300] program must not serve [300].
+    let x1 = floats(&[300], 5);
+    let (vx, vy) = (Value::F32(x1.clone()), Value::F32(floats(&[300], 6)));
+    check(&expr, &[&vx, &vy], &[300], "other dims");
+}

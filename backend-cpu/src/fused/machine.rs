@@ -1562,7 +1562,14 @@ mod tests {
                 ] {
                     let mut got = vec![R::default(); n];
                     for (i, part) in got.chunks_mut(cut.max(1)).enumerate() {
-                        m.run(isa, &p.operands, &p.dims, i * cut, R::bits(part), stream)?;
+                        m.run(
+                            isa,
+                            &p.operands,
+                            &p.code.dims,
+                            i * cut,
+                            R::bits(part),
+                            stream,
+                        )?;
                     }
                     assert_eq!(
                         bits(&mut got),
@@ -1686,7 +1693,7 @@ mod tests {
                 let (n, past) = (good.operands as u32, (good.operands + good.regs) as u32);
                 assert!(good.regs > 0, "exp goes through a block register");
                 let mut got = vec![0.0f32; 300];
-                good.run(isa, &p.operands, &p.dims, 0, &mut got, false)?;
+                good.run(isa, &p.operands, &p.code.dims, 0, &mut got, false)?;
                 for bad in [
                     Op::Store(0),
                     Op::Lanes {
@@ -1721,7 +1728,7 @@ mod tests {
                         reads: good.reads.clone(),
                     };
                     let err = m
-                        .run(isa, &p.operands, &p.dims, 0, &mut got, false)
+                        .run(isa, &p.operands, &p.code.dims, 0, &mut got, false)
                         .expect_err("refused");
                     assert!(err.contains("outside its slots"), "{bad:?}: {err}");
                 }
@@ -1988,7 +1995,7 @@ mod tests {
             let ty = TensorType::new(d, [300]);
             let result: KResult<()> = with_program(&e, &ty, &[Some(v)], |p| {
                 // Where the machine runs it (a CPU with AVX2).
-                if let Some(m) = &p.machine {
+                if let Some(m) = &p.code.machine {
                     assert_eq!(m.out(), d);
                     let err = if d == DType::I32 {
                         p.run_part(0, &mut [0.0f32; 300], &mut p.chunk_scratch())
