@@ -76,7 +76,7 @@ fn map_binary<T: Pooled>(
     let mut out = output::<T>(dims, alloc)?;
     let o = out
         .as_slice_mut()
-        .ok_or("a fresh output is not contiguous")?;
+        .ok_or("a new row-major output is not contiguous")?;
     let (full_a, full_b) = (a.shape() == shape.dims(), b.shape() == shape.dims());
     // Flat paths: equal contiguous shapes, or one side a single element.
     match (a.as_slice(), b.as_slice()) {

@@ -238,8 +238,22 @@ fn check_types(expr: &FusedExpr, i: usize, operands: &[Bound<'_>]) -> KResult<()
 
 impl<'a> Program<'a> {
     /// `expr` over `operands`, compiled, or taken from [`PROGRAMS`] when it
-    /// was compiled for operands of the same kinds before.
+    /// was compiled for operands of the same kinds before. A program
+    /// reading a single-element operand has its value folded in; that
+    /// value often changes every run (a mean subtracted, a fed scale), and
+    /// keeping such programs would fill the table with code used once,
+    /// so they are compiled every time.
     fn compile(expr: &FusedExpr, operands: Vec<Bound<'a>>, dims: Vec<usize>) -> KResult<Self> {
+        let splat = |b: &Bound<'_>| {
+            matches!(
+                b,
+                Bound::F32(Operand::Splat(_)) | Bound::I32(Operand::Splat(_))
+            )
+        };
+        if operands.iter().any(splat) {
+            let code = Arc::new(Code::compile(expr, &operands, dims)?);
+            return Ok(Program { operands, code });
+        }
         let key = cache::key(expr, &operands, &dims);
         let code = PROGRAMS.get_or_compile(key, || Code::compile(expr, &operands, dims))?;
         Ok(Program { operands, code })

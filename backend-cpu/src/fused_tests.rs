@@ -529,3 +529,22 @@ fn kept_programs_never_serve_other_operands() {
     let (vx, vy) = (Value::F32(x1.clone()), Value::F32(floats(&[300], 6)));
     check(&expr, &[&vx, &vy], &[300], "other dims");
 }
+
+/// A malformed expression is refused even after a well-formed one that
+/// differs only where it is malformed was compiled and kept.
+#[test]
+fn a_malformed_expression_never_runs_kept_code() {
+    let x = Value::I32(ArrayD::from_elem(IxDyn(&[5]), 3));
+    let good = FusedExpr {
+        instrs: vec![Instr::Input(0), Instr::Cast(DType::F32, 0)],
+        dtypes: vec![DType::I32, DType::F32],
+    };
+    let got = run_fused(&good, &[&x], &[5]).expect("a cast runs");
+    assert_eq!(got.into_f32().expect("f32").sum(), 15.0);
+    let bad = FusedExpr {
+        instrs: vec![Instr::Input(0), Instr::Cast(DType::I32, 0)],
+        dtypes: vec![DType::I32, DType::F32],
+    };
+    let err = run_fused(&bad, &[&x], &[5]).expect_err("a cast to another dtype");
+    assert!(err.contains("cast to another dtype"), "{err}");
+}

@@ -77,8 +77,9 @@ impl CpuBackend {
         }
     }
 
-    /// Kernel outputs whose storage came from the backend's pool of freed
-    /// buffers (not its thread pool), since it was made.
+    /// Vectors taken from the backend's pool of freed buffers (not its
+    /// thread pool) since it was made: kernel outputs, and the scratch some
+    /// kernels use.
     pub fn pool_hits(&self) -> u64 {
         self.store.pool().hits()
     }

@@ -161,7 +161,9 @@ impl Pool {
         })
     }
 
-    /// Outputs taken from the pool so far.
+    /// Vectors taken from the pool so far: kernel outputs, and the scratch
+    /// some kernels use (a reduction's copy of a permuted operand, a
+    /// prologue evaluated whole, a product the epilogue casts).
     pub(crate) fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }

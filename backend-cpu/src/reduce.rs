@@ -79,12 +79,17 @@ impl TypedKernel for Reduce<'_> {
                 // a transpose) into scratch the pool gets back.
                 let kept = (0..dims.len()).filter(|a| !self.axes.contains(a));
                 let perm: Vec<usize> = kept.chain(self.axes.iter().copied()).collect();
-                let moved = owned(x.view().permuted_axes(IxDyn(&perm)), alloc)?;
-                let s = moved
-                    .as_slice()
-                    .ok_or("standard layout is not contiguous")?;
-                reduce_block(self.op, s, results, count, 1, &mut out)?;
-                alloc.recycle(T::into_value(moved));
+                let moved = x.view().permuted_axes(IxDyn(&perm));
+                if let Some(s) = moved.as_slice() {
+                    // Already row-major (the moved axes are of length 1).
+                    reduce_block(self.op, s, results, count, 1, &mut out)?;
+                } else {
+                    let copy = owned(moved, alloc)?;
+                    let s = copy.as_slice().ok_or("standard layout is not contiguous")?;
+                    let done = reduce_block(self.op, s, results, count, 1, &mut out);
+                    alloc.recycle(T::into_value(copy));
+                    done?;
+                }
             }
         }
         Ok(vec![

@@ -6,8 +6,10 @@
 //! to the register machine, about a third of a small kernel's time) is
 //! waste. The compiled code holds no operand memory, only how to read each
 //! operand; single-element operands are folded into the code as literals,
-//! so their value is part of the key. One table serves the process: the
-//! code is a pure function of its key, whichever backend asks.
+//! so their value is part of the key (and programs reading one are not
+//! kept at all: see [`Program::compile`](super::Program)). One table
+//! serves the process: the code is a pure function of its key, whichever
+//! backend asks.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -19,44 +21,46 @@ use super::operand::{Bound, Operand};
 /// Programs kept at most; the table starts afresh past this.
 const MAX_PROGRAMS: usize = 1024;
 
-/// One word of a key. Each section of a key (instructions, operands,
-/// dims) uses its own words, so two different compiles never share one.
+/// One word of a key. Each section of a key (lengths, instructions,
+/// operands, dims) uses its own words, and an instruction's words name all
+/// of it, so two different compiles never share a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Word {
+    /// Instructions and dtypes: a malformed expression (the two differ)
+    /// fails to compile and is never kept, but must not find another's
+    /// code either.
+    Len(usize, usize),
     Input(usize, DType),
-    /// A literal, by its bits (NaNs of every payload included).
-    Literal(u32, DType),
+    /// A literal: its bits (NaNs of every payload included), its own
+    /// dtype and the instruction's.
+    Literal(u32, DType, DType),
     Unary(UnaryOp, usize, DType),
     Binary(BinaryOp, usize, usize, DType),
-    Cast(usize, DType),
+    /// A cast: its target and the instruction's dtype.
+    Cast(DType, usize, DType),
     /// A single-element operand, by its bits.
     Splat(u32, DType),
     Contig(DType),
     Strided(DType),
+    /// The in-place donor.
     Output(DType),
     Dim(usize),
 }
 
 /// The key of compiling `expr` over `operands` into an output of `dims`.
 pub(super) fn key(expr: &FusedExpr, operands: &[Bound<'_>], dims: &[usize]) -> Vec<Word> {
-    let mut key = Vec::with_capacity(expr.instrs.len() + operands.len() + dims.len());
+    let mut key = Vec::with_capacity(1 + expr.instrs.len() + operands.len() + dims.len());
+    key.push(Word::Len(expr.instrs.len(), expr.dtypes.len()));
     for (&instr, &d) in expr.instrs.iter().zip(&expr.dtypes) {
         key.push(match instr {
             Instr::Input(k) => Word::Input(k, d),
-            Instr::Scalar(Scalar::F32(x)) => Word::Literal(x.to_bits(), d),
-            Instr::Scalar(Scalar::I32(x)) => Word::Literal(x as u32, d),
+            Instr::Scalar(Scalar::F32(x)) => Word::Literal(x.to_bits(), DType::F32, d),
+            Instr::Scalar(Scalar::I32(x)) => Word::Literal(x as u32, DType::I32, d),
             Instr::Unary(op, a) => Word::Unary(op, a, d),
             Instr::Binary(op, a, b) => Word::Binary(op, a, b, d),
-            Instr::Cast(_, a) => Word::Cast(a, d),
+            Instr::Cast(to, a) => Word::Cast(to, a, d),
         });
     }
-    // Instructions without a dtype (a malformed expression) still differ.
-    key.extend(
-        expr.dtypes
-            .iter()
-            .skip(expr.instrs.len())
-            .map(|&d| Word::Output(d)),
-    );
     for operand in operands {
         key.push(match operand {
             Bound::F32(o) => word(o, DType::F32, f32::to_bits),
@@ -119,6 +123,12 @@ impl<C> Cache<C> {
     pub(super) fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Whether code is kept under `key`.
+    #[cfg(test)]
+    pub(super) fn contains(&self, key: &[Word]) -> bool {
+        self.lock().contains_key(key)
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +190,45 @@ mod tests {
                 &[4, 5],
             ),
         ];
+        // Malformed expressions (which fail to compile) never share a key
+        // with a well-formed one: a cast's target, a literal's own dtype,
+        // instructions past the dtypes, a donor operand.
+        let g = Value::F32(ArrayD::from_elem(IxDyn(&[3]), 1.0));
+        let one = [bind(&g, &[3]).expect("g")];
+        let malformed = |instrs: Vec<Instr>, dtypes: Vec<DType>, operands: &[Bound<'_>]| {
+            key(&FusedExpr { instrs, dtypes }, operands, &[3])
+        };
+        let (f, i) = (DType::F32, DType::I32);
+        let neg = Instr::Unary(UnaryOp::Neg, 0);
+        let pairs = [
+            (
+                malformed(vec![Instr::Input(0), Instr::Cast(f, 0)], vec![f, f], &one),
+                malformed(vec![Instr::Input(0), Instr::Cast(i, 0)], vec![f, f], &one),
+            ),
+            (
+                malformed(vec![Instr::Scalar(Scalar::F32(1.0))], vec![f], &[]),
+                malformed(vec![Instr::Scalar(Scalar::I32(0x3f80_0000))], vec![f], &[]),
+            ),
+            (
+                malformed(vec![Instr::Input(0), neg], vec![f, f], &one),
+                malformed(
+                    vec![Instr::Input(0), neg, Instr::Unary(UnaryOp::Abs, 1)],
+                    vec![f, f],
+                    &one,
+                ),
+            ),
+            (
+                malformed(vec![Instr::Input(0), neg], vec![f, f, f], &[]),
+                malformed(
+                    vec![Instr::Input(0), neg],
+                    vec![f, f],
+                    &[Bound::F32(Operand::Output)],
+                ),
+            ),
+        ];
+        for (n, (p, q)) in pairs.iter().enumerate() {
+            assert_ne!(p, q, "malformed pair {n}");
+        }
         for (i, k) in different.iter().enumerate() {
             assert_ne!(*k, base, "key {i}");
             for (j, other) in different.iter().enumerate().skip(i + 1) {
@@ -209,5 +258,24 @@ mod tests {
             cache.get_or_compile(k(d), || compile(0)).expect("fill");
         }
         assert!(cache.len() <= MAX_PROGRAMS);
+    }
+
+    /// A program reading a single-element operand (folded in by value) is
+    /// compiled every time, not kept; one over full operands is kept.
+    #[test]
+    fn programs_reading_a_single_element_are_not_kept() {
+        let x = Value::F32(ArrayD::from_elem(IxDyn(&[6, 7]), 1.5));
+        let one = Value::F32(ArrayD::from_elem(IxDyn(&[1]), 2.0));
+        let full = Value::F32(ArrayD::from_elem(IxDyn(&[6, 7]), 2.0));
+        let out = tensorgraph_core::TensorType::new(DType::F32, vec![6, 7]);
+        // A literal no other test uses, so only this test keeps its code.
+        let literal = 0.378_125;
+        for (y, kept) in [(&one, false), (&full, true)] {
+            let got = crate::fused::fused(&expr(literal), &out, &[&x, y]).expect("runs");
+            let got = got.into_f32().expect("f32");
+            assert!(got.iter().all(|&v| v == 1.5 * literal + 2.0));
+            let k = key_of(literal, &x, y, &[6, 7]);
+            assert_eq!(crate::fused::PROGRAMS.contains(&k), kept, "kept: {kept}");
+        }
     }
 }
