@@ -5,7 +5,7 @@
 //! flat slice path (one pass over memory, parallel chunks when large);
 //! anything else goes through ndarray's broadcast views and `Zip`.
 
-use ndarray::{ArrayD, ArrayViewD, Dimension, IxDyn, Zip};
+use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 use rayon::prelude::*;
 use tensorgraph_core::{BinaryOp, DType, Shape, UnaryOp, Value};
 
@@ -28,12 +28,6 @@ fn fill<B: Send>(out: &mut [B], body: impl Fn(usize, &mut [B]) + Sync + Send) {
     }
 }
 
-/// An array of `dims` in storage from `alloc`, to be overwritten whole.
-fn output<T: Pooled>(dims: IxDyn, alloc: Alloc<'_>) -> KResult<ArrayD<T>> {
-    let n = dims.size();
-    ArrayD::from_shape_vec(dims, alloc.vec(n)).map_err(|e| e.to_string())
-}
-
 /// `f` over every element of `a` (possibly changing the element type),
 /// in parallel when large.
 fn map_unary<A: Element, B: Pooled>(
@@ -41,7 +35,7 @@ fn map_unary<A: Element, B: Pooled>(
     f: impl Fn(A) -> B + Sync + Send,
     alloc: Alloc<'_>,
 ) -> KResult<ArrayD<B>> {
-    let mut out = output::<B>(a.raw_dim(), alloc)?;
+    let mut out = alloc.array::<B>(a.raw_dim())?;
     match (a.as_slice(), out.as_slice_mut()) {
         (Some(x), Some(o)) => fill(o, |at, o| {
             for (o, &p) in o.iter_mut().zip(&x[at..]) {
@@ -73,7 +67,7 @@ fn map_binary<T: Pooled>(
     // Checked before any storage is taken.
     let av = a.broadcast(dims.clone()).ok_or_else(|| bad(a))?;
     let bv = b.broadcast(dims.clone()).ok_or_else(|| bad(b))?;
-    let mut out = output::<T>(dims, alloc)?;
+    let mut out = alloc.array::<T>(dims)?;
     let o = out
         .as_slice_mut()
         .ok_or("a new row-major output is not contiguous")?;

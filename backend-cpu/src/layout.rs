@@ -49,8 +49,7 @@ impl TypedKernel for Layout<'_> {
 /// A row-major copy of `v` in storage from `alloc` (fresh storage asks
 /// for huge pages when large, see `pool::huge_pages`).
 pub(crate) fn owned<T: Pooled>(v: ArrayViewD<'_, T>, alloc: Alloc<'_>) -> KResult<ArrayD<T>> {
-    let mut out =
-        ArrayD::from_shape_vec(v.raw_dim(), alloc.vec(v.len())).map_err(|e| e.to_string())?;
+    let mut out = alloc.array(v.raw_dim())?;
     if !transposed(&v, &mut out)? {
         out.assign(&v);
     }
@@ -187,9 +186,7 @@ impl TypedKernel for Concat {
         }
         let mut dims = first.to_vec();
         dims[axis] = shapes.iter().map(|s| s[axis]).sum();
-        let n = dims.iter().product();
-        let mut out =
-            ArrayD::from_shape_vec(IxDyn(&dims), alloc.vec(n)).map_err(|e| e.to_string())?;
+        let mut out = alloc.array(IxDyn(&dims))?;
         let mut at = 0;
         for x in inputs {
             let len = x.len_of(Axis(axis));

@@ -3,12 +3,12 @@
 //! When the store frees an owned buffer that nothing else references, its
 //! `Vec` comes here instead of going back to the allocator; every kernel
 //! (elementwise, fused, matmul, reduction, layout) takes its output
-//! storage from here when a vector of its size
-//! class is kept. Size classes are per dtype, by capacity rounded up to a
+//! storage from here when a vector of its size class is kept. Size classes are per dtype, by capacity rounded up to a
 //! power of two. The pool keeps at most [`Pool::limit`] bytes; storage
 //! beyond that is dropped. Metering is untouched: the meter counts logical
 //! buffers of a run, and pooled storage belongs to none.
 
+use ndarray::{ArrayD, Dimension, IxDyn};
 use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,6 +199,13 @@ impl Alloc<'_> {
     /// unspecified: the kernel overwrites every element.
     pub(crate) fn vec<T: Pooled>(&self, n: usize) -> Vec<T> {
         Pool::vec(self.pool, n, self.what)
+    }
+
+    /// A row-major array of `dims` in storage from [`Alloc::vec`], to be
+    /// overwritten whole.
+    pub(crate) fn array<T: Pooled>(&self, dims: IxDyn) -> Result<ArrayD<T>, String> {
+        let n = dims.size();
+        ArrayD::from_shape_vec(dims, self.vec(n)).map_err(|e| e.to_string())
     }
 
     /// Gives a kernel's scratch storage (a copy it made of an operand,
