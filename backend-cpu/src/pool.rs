@@ -142,13 +142,20 @@ impl Pool {
         };
         // Every element is overwritten by the kernel: shorten without
         // writing, and fill only a tail that must grow.
+        let kept = v.capacity();
         if v.len() >= n {
             v.truncate(n);
         } else {
             v.resize(n, T::default());
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target: "tensorgraph", "pool: reuse {n} x {} for {what}", T::DTYPE);
+        // A vector of the class but smaller capacity moves to a new
+        // allocation as it grows: the trace must not call that reuse.
+        if kept >= n {
+            tracing::debug!(target: "tensorgraph", "pool: reuse {n} x {} for {what}", T::DTYPE);
+        } else {
+            tracing::debug!(target: "tensorgraph", "pool: regrow {kept} to {n} x {} for {what} (reallocated)", T::DTYPE);
+        }
         Some(v)
     }
 

@@ -104,7 +104,10 @@ impl Pool {
             None => None,
         };
         let buffer = match reused {
-            Some(b) => b,
+            Some(b) => {
+                tracing::debug!(target: "tensorgraph", "pool: reuse {class}-byte buffer for {ty} ({bytes} bytes)");
+                b
+            }
             None => self.create(class)?,
         };
         st.next_id += 1;
