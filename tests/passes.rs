@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ndarray::{ArrayD, IxDyn, arr1};
+use ndarray::{ArrayD, Axis, IxDyn, arr1};
 use tensorgraph::core::PassOptions;
 use tensorgraph::core::passes::{self, Ir};
 use tensorgraph::{DType, Device, Graph, Op, Plan, SplitSpec, Tensor, Value};
@@ -287,6 +287,74 @@ fn cse_merged_outputs_are_returned_each_time() {
         let (on, _) = on_and_off(d, &g, &[&a, &b, &a], &[feed_f32("x", iota_f32(&[4]))]);
         assert_eq!(count(&on, "exp"), 1);
         assert_eq!(on.outputs()[0], on.outputs()[1]);
+    });
+}
+
+/// The same op on the same input with different attributes stays two
+/// steps: sums over different axes (of a square input, so both results
+/// have one type), with and without kept dimensions, reshapes to different
+/// targets, casts to different dtypes.
+#[test]
+fn cse_keeps_ops_with_different_attributes_apart() {
+    on_every_device(|d| {
+        let g = Graph::new();
+        let x = g.input("x", DType::F32, [4, 4]).expect("input");
+        let outputs = [
+            x.sum(&[0], false).expect("sum over rows"),
+            x.sum(&[1], false).expect("sum over columns"),
+            x.max(&[1], true).expect("max, dims kept"),
+            x.max(&[1], false).expect("max, dims dropped"),
+            x.reshape(&[2, 8]).expect("reshape"),
+            x.reshape(&[8, 2]).expect("reshape"),
+            x.cast(DType::I32).expect("cast"),
+            x.cast(DType::F32).expect("cast"),
+        ];
+        let refs: Vec<&Tensor> = outputs.iter().collect();
+        let cse_only = PassOptions {
+            cse: true,
+            ..PassOptions::none()
+        };
+        let plan = compile_with(d, &g, &refs, cse_only);
+        for (op, n) in [("sum", 2), ("max", 2), ("reshape", 2), ("cast", 2)] {
+            assert_eq!(count(&plan, op), n, "{d}: {op} steps in {:?}", ops(&plan));
+        }
+        assert_eq!(
+            plan.steps().len(),
+            9,
+            "{d}: the input and eight ops: {:?}",
+            ops(&plan)
+        );
+        let mut distinct = plan.outputs().to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 8, "{d}: outputs {:?}", plan.outputs());
+
+        let xs = rand_f32(11, &[4, 4], -4.0, 4.0);
+        let rows = |a: &ArrayD<f32>| a.map_axis(Axis(1), |r| r.fold(f32::MIN, |m, &v| m.max(v)));
+        let want_f32 = [
+            (0, xs.sum_axis(Axis(0))),
+            (1, xs.sum_axis(Axis(1))),
+            (2, rows(&xs).insert_axis(Axis(1))),
+            (3, rows(&xs)),
+            (4, xs.to_shape(IxDyn(&[2, 8])).expect("2x8").to_owned()),
+            (5, xs.to_shape(IxDyn(&[8, 2])).expect("8x2").to_owned()),
+            (7, xs.clone()),
+        ];
+        let feeds = [feed_f32("x", xs.clone())];
+        for passes in [cse_only, PassOptions::default()] {
+            let got = compile_with(d, &g, &refs, passes)
+                .run(&feeds)
+                .unwrap_or_else(|e| panic!("{d}: run with {passes:?}: {e}"));
+            for (i, want) in &want_f32 {
+                let what = format!("{d}: output {i} with {passes:?}");
+                assert_close(&f32_of(got[*i].clone()), want, 1e-5, 1e-6, &what);
+            }
+            assert_eq_i32(
+                &i32_of(got[6].clone()),
+                &xs.mapv(|v| v as i32),
+                &format!("{d}: the cast to i32 with {passes:?}"),
+            );
+        }
     });
 }
 
