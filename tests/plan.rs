@@ -144,8 +144,10 @@ fn compile_unfused(d: Device, g: &Graph, outputs: &[&Tensor]) -> Option<Plan> {
 }
 
 /// Liveness worked out by hand: `x -> exp -> exp -> exp` on 1000 floats
-/// holds at most two buffers at once; a diamond `exp(x) * sin(x)` three.
-/// Compiled node by node (fusion would make each one kernel).
+/// holds at most two buffers at once and allocates two (the feed's and the
+/// first exp's, which the later two write over in place); a diamond
+/// `exp(x) * sin(x)` three. Compiled node by node (fusion would make each
+/// one kernel).
 #[test]
 fn chain_and_diamond_peaks_by_hand() {
     const B: usize = 1000 * 4;
@@ -166,7 +168,7 @@ fn chain_and_diamond_peaks_by_hand() {
         let total: usize = plan.planned_memory().iter().map(|m| m.total_bytes).sum();
         let allocations: usize = plan.planned_memory().iter().map(|m| m.allocations).sum();
         assert_eq!(total, 4 * B, "{d}: chain total");
-        assert_eq!(allocations, 4, "{d}: chain allocations");
+        assert_eq!(allocations, 2, "{d}: chain allocations");
 
         let g = Graph::new();
         let x = g.input("x", DType::F32, [1000]).expect("input");

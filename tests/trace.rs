@@ -96,13 +96,29 @@ fn run_and_free_lines_at_debug_level() {
                 let line = format!("run {}", step.name);
                 assert!(text.contains(&line), "{d}: no `{line}` in:\n{text}");
             }
+            // A donor written in place is taken over, not freed.
+            let donor = step.in_place.map(|k| step.inputs[k]);
             for v in &step.free_after {
-                let line = format!("free {v} after {}", step.name);
+                let line = match donor {
+                    Some(donor) if donor == *v => format!(
+                        "reuse {v} in place for {} at {}",
+                        step.outputs[0], step.name
+                    ),
+                    _ => format!("free {v} after {}", step.name),
+                };
                 assert!(text.contains(&line), "{d}: no `{line}` in:\n{text}");
                 frees += 1;
             }
         }
-        // x, w, the matmul and the relu are freed; the output is not.
+        // The lone relu writes over the dying product, on every device.
+        let relu = plan
+            .steps()
+            .iter()
+            .find(|s| s.kernel.op.name() == "relu")
+            .expect("relu step");
+        assert_eq!(relu.in_place, Some(0), "{d}: relu in place");
+        // x, w, the matmul and the relu are freed (the product by being
+        // taken over); the output is not.
         assert!(frees >= 4, "{d}: {frees} frees planned");
         let mm_frees = plan
             .steps()

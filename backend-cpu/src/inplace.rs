@@ -1,5 +1,6 @@
-//! In-place execution: a fused step writes its result into the buffer of
-//! an operand that dies at it (see `Step::in_place`). The buffer changes
+//! In-place execution: an elementwise step (fused, or a lone unary,
+//! binary or cast run as a one-op program) writes its result into the
+//! buffer of an operand that dies at it (see `Step::in_place`). The buffer changes
 //! owner, so nothing is metered: no allocation for the result, no free
 //! for the donor.
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use tensorgraph_core::backend::take_in_place;
 use tensorgraph_core::{
-    BufferId, Env, Error, FusedExpr, Kernel, Meter, Op, Result, Step, TensorType, Value,
+    BufferId, Env, Error, FusedExpr, Kernel, Meter, Result, Step, TensorType, Value,
 };
 
 use crate::CpuBackend;
@@ -16,14 +17,14 @@ use crate::fused;
 use crate::store::Held;
 
 /// Whether the backend writes `kernel`'s result over one of its operands:
-/// a fused kernel with one result of some operand's exact type.
+/// an elementwise kernel (fused, or a lone unary, binary or cast op, run
+/// as a program of one op) with one result of some operand's exact type.
 pub(crate) fn supports(kernel: &Kernel) -> bool {
-    matches!(kernel.op, Op::Fused(_))
-        && matches!(&kernel.outputs[..], [out] if kernel.inputs.contains(out))
+    kernel.elementwise_in_place()
 }
 
 impl CpuBackend {
-    /// Runs fused `step`, planned in place over an operand: takes the
+    /// Runs elementwise `step`, planned in place over an operand: takes the
     /// donor's buffer from the run's table, computes into its array and
     /// stores it as the step's result. If the computation fails the
     /// buffer, no longer anyone's, is freed.
@@ -33,13 +34,17 @@ impl CpuBackend {
             node: step.name.clone(),
             message,
         };
-        let (Some(k), Op::Fused(expr), [out], [out_ty]) = (
+        let (Some(k), Some(expr), [out], [out_ty]) = (
             step.in_place,
-            &step.kernel.op,
+            step.kernel.elementwise_program(),
             &step.outputs[..],
             &step.kernel.outputs[..],
         ) else {
-            return Err(fail("only a fused step of one result runs in place".into()));
+            return Err(fail(format!(
+                "{} of {} results does not run in place",
+                step.kernel.op.name(),
+                step.outputs.len()
+            )));
         };
         // The other operands, read before the donor leaves the table.
         let others = step
@@ -53,7 +58,7 @@ impl CpuBackend {
             .collect::<Result<Vec<Option<Held<'_>>>>>()?;
         let buffer = take_in_place(step, env)?
             .ok_or_else(|| fail(format!("operand {k} in place but no donor buffer")))?;
-        match self.compute_into(expr, out_ty, &others, buffer, &step.name) {
+        match self.compute_into(&expr, out_ty, &others, buffer, &step.name) {
             Ok(()) => env.set(*out, buffer),
             Err(message) => {
                 if let Err(e) = self.store.remove(buffer, meter) {

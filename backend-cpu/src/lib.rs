@@ -130,7 +130,9 @@ impl CpuBackend {
                 }
                 None
             }
-            Op::Fused(_) if step.in_place.is_some() => {
+            Op::Fused(_) | Op::Unary(_) | Op::Binary(_) | Op::Cast(_)
+                if step.in_place.is_some() =>
+            {
                 self.run_in_place(step, env, meter)?;
                 None
             }

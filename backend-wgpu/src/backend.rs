@@ -351,15 +351,14 @@ impl Backend for WgpuBackend {
         self.run_segment(segment, env)
     }
 
-    /// Fused kernels whose result has some operand's exact type: the
-    /// generated shader then reads that operand through the output's
-    /// `read_write` binding (see `FusedProgram::in_place`). Other kernels
-    /// read neighbouring or reordered elements, or have fixed bindings.
+    /// Elementwise kernels (fused, or a lone unary, binary or cast run as
+    /// a generated program of one op) whose result has some operand's
+    /// exact type: the generated shader then reads that operand through
+    /// the output's `read_write` binding (see `FusedProgram::in_place`).
+    /// Other kernels read neighbouring or reordered elements, or have
+    /// fixed bindings.
     fn supports_in_place(&self, kernel: &Kernel) -> bool {
-        match (&kernel.op, &kernel.outputs[..]) {
-            (Op::Fused(_), [out]) => kernel.inputs.contains(out),
-            _ => false,
-        }
+        kernel.elementwise_in_place()
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -162,7 +162,11 @@ impl WgpuBackend {
                 buffer: slot.buffer,
                 ty: ty.clone(),
             };
-            return lower(rec, &k.op, &inputs, &[y], step.in_place).map_err(fail);
+            // A lone elementwise op runs in place as a one-op program.
+            let program = k
+                .elementwise_program()
+                .ok_or_else(|| fail(format!("{} does not run in place", k.op.name())))?;
+            return lower(rec, &Op::Fused(program), &inputs, &[y], step.in_place).map_err(fail);
         }
         let mut outputs = Vec::with_capacity(step.outputs.len());
         for (&v, ty) in step.outputs.iter().zip(&k.outputs) {
@@ -183,7 +187,8 @@ fn nth(xs: &[Operand], i: usize) -> std::result::Result<&Operand, String> {
 }
 
 /// The one exhaustive match from ops to kernels. `in_place` names the
-/// operand whose buffer `ys[0]` is (only fused kernels run in place).
+/// operand whose buffer `ys[0]` is (only fused kernels run in place; a
+/// lone elementwise op comes here as a one-op program).
 fn lower(
     rec: &mut Recorder<'_>,
     op: &Op,

@@ -1,6 +1,7 @@
 //! Fused steps run in place on the GPU: a result that takes over the
 //! buffer of an operand dying at it. Planned through the graph compiler;
-//! values against ndarray and against the same graph with every pass off,
+//! values against ndarray and against the same graph with every pass and
+//! in-place writing off,
 //! measured memory against planned memory, no buffer left behind.
 
 mod common;
@@ -9,22 +10,25 @@ use std::sync::Arc;
 
 use common::*;
 use ndarray::{ArrayD, Axis, Ix2};
-use tensorgraph_core::{Backend, DType, Graph, Op, PassOptions, Plan, Tensor, Value};
+use tensorgraph_core::{
+    Backend, CompileOptions, DType, Device, Graph, Op, PassOptions, Plan, Tensor, Value,
+};
 use tensorgraph_wgpu::WgpuBackend;
 
-/// Compiles `outputs` for `gpu`, with every pass or none.
+/// Compiles with the default passes, or with every pass and in-place
+/// writing off (the plain reference).
 fn compile_with(gpu: &Arc<WgpuBackend>, outputs: &[&Tensor], passes: bool) -> Plan {
-    // Epilogues would fold these fused tails into their matmuls; the tests
-    // are about a fused step writing into a dying buffer.
-    let passes = if passes {
-        PassOptions {
-            epilogues: false,
-            ..Default::default()
-        }
+    let mut options = CompileOptions::new(Device::Gpu, vec![gpu.clone() as Arc<dyn Backend>]);
+    if passes {
+        // Epilogues would fold these fused tails into their matmuls; the
+        // tests are about a fused step writing into a dying buffer.
+        options.passes.epilogues = false;
     } else {
-        PassOptions::none()
-    };
-    common::compile_passes(gpu, outputs, passes)
+        options.passes = PassOptions::none();
+        options.in_place = false;
+    }
+    let g = outputs[0].graph();
+    g.compile(outputs, &options).expect("compiles for the GPU")
 }
 
 /// `x @ w` on the host.
@@ -103,7 +107,10 @@ fn fused_steps_overwrite_the_dying_matmul_result() {
                 [("fused", 0)],
                 "{what}: the fused step takes the matmul's buffer"
             );
-            assert!(in_place_steps(&plain).is_empty(), "{what}: nothing fused");
+            assert!(
+                in_place_steps(&plain).is_empty(),
+                "{what}: nothing in place"
+            );
             let planned = plan.planned_memory()[0];
             let unfused = plain.planned_memory()[0];
             assert!(

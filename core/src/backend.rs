@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use crate::fused::{FusedExpr, Instr};
 use crate::plan::{Plan, Step, ValueId};
 use crate::timeline::{self, EventKind, Recorder};
 use crate::{Device, Error, Op, Result, TensorType, Value};
@@ -21,6 +22,48 @@ pub struct Kernel {
     pub inputs: Vec<TensorType>,
     /// Result types, in order.
     pub outputs: Vec<TensorType>,
+}
+
+impl Kernel {
+    /// The elementwise program this kernel computes: a fused kernel's own,
+    /// or a lone unary, binary or cast op as a program of that one op over
+    /// its operands. `None` for every other op, and for a lone op whose
+    /// operand count does not match it. Backends run a lone op in place
+    /// through this, the way they run a fused one.
+    pub fn elementwise_program(&self) -> Option<Arc<FusedExpr>> {
+        let arity = match self.op {
+            Op::Fused(ref expr) => return Some(expr.clone()),
+            Op::Unary(_) | Op::Cast(_) => 1,
+            Op::Binary(_) => 2,
+            _ => return None,
+        };
+        let ([out], true) = (&self.outputs[..], self.inputs.len() == arity) else {
+            return None;
+        };
+        let mut instrs: Vec<Instr> = (0..arity).map(Instr::Input).collect();
+        instrs.push(match self.op {
+            Op::Unary(u) => Instr::Unary(u, 0),
+            Op::Binary(b) => Instr::Binary(b, 0, 1),
+            Op::Cast(to) => Instr::Cast(to, 0),
+            _ => return None,
+        });
+        let dtypes = self.inputs.iter().map(|t| t.dtype);
+        Some(Arc::new(FusedExpr {
+            instrs,
+            dtypes: dtypes.chain([out.dtype]).collect(),
+        }))
+    }
+
+    /// Whether this is an elementwise kernel (fused, unary, binary or
+    /// cast) of one result with some operand's exact type: a kernel every
+    /// backend with a fused path can run in place over that operand, each
+    /// element read before the same element is written.
+    pub fn elementwise_in_place(&self) -> bool {
+        matches!(
+            self.op,
+            Op::Fused(_) | Op::Unary(_) | Op::Binary(_) | Op::Cast(_)
+        ) && matches!(&self.outputs[..], [out] if self.inputs.contains(out))
+    }
 }
 
 /// A device that runs plan segments. Object-safe: a plan drives its

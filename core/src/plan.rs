@@ -83,6 +83,10 @@ pub struct CompileOptions {
     pub backends: Vec<Arc<dyn Backend>>,
     /// Which graph rewrites run (all by default).
     pub passes: PassOptions,
+    /// Whether elementwise steps may write their result over an operand
+    /// that dies there (the memory planner's in-place reuse; on by
+    /// default). Off, every result gets a buffer of its own.
+    pub in_place: bool,
 }
 
 impl fmt::Debug for CompileOptions {
@@ -91,6 +95,8 @@ impl fmt::Debug for CompileOptions {
         f.debug_struct("CompileOptions")
             .field("device", &self.device)
             .field("backends", &names)
+            .field("passes", &self.passes)
+            .field("in_place", &self.in_place)
             .finish()
     }
 }
@@ -102,6 +108,7 @@ impl CompileOptions {
             device,
             backends,
             passes: PassOptions::default(),
+            in_place: true,
         }
     }
 
@@ -403,7 +410,7 @@ pub(crate) fn finish(
         step.free_after = frees;
     }
     liveness::plan_in_place(&mut steps, &tasks, &types, &outputs, |s| {
-        backends[s.device].supports_in_place(&s.kernel)
+        options.in_place && backends[s.device].supports_in_place(&s.kernel)
     });
     let memory = liveness::plan_memory(&steps, &types, backends.len());
     let mut producer = vec![None; types.len()];

@@ -218,9 +218,8 @@ fn evaluate(
         })
         .collect::<Result<_>>()?;
     let options = CompileOptions {
-        device: Device::Cpu,
-        backends: vec![cpu.clone()],
         passes: PassOptions::none(),
+        ..CompileOptions::new(Device::Cpu, vec![cpu.clone()])
     };
     let values = g.compile(&wanted_tensors, &options)?.run(&[])?;
     for (v, x) in wanted.iter().zip(&values) {
