@@ -8,7 +8,7 @@ use crate::backend::Kernel;
 use crate::fused::{FusedExpr, Instr, Scalar};
 use crate::passes::Ir;
 use crate::plan::{Step, ValueId};
-use crate::{Op, Value};
+use crate::{BinaryOp, Op, UnaryOp, Value};
 
 /// Most distinct operands one fused kernel reads. With its output that is
 /// 7 storage buffers, inside the 8 a WebGPU stage gets by default.
@@ -26,7 +26,14 @@ pub fn fuse_elementwise(ir: &mut Ir) {
 /// one step and by nothing else (not a requested output either), both are
 /// unary/binary/cast ops with the same pin, its result broadcasts to the
 /// tree root's shape (where the fused program computes every value), and
-/// the tree's distinct operands stay within `cap`. Single-element
+/// the tree's distinct operands stay within `cap`. Where it would not pay
+/// a costly step (a transcendental, a square root, a division or a power)
+/// stays out: one whose result is smaller than the root's but more than
+/// one element, which the fused program would compute again for every
+/// element it is broadcast to (`exp` of an `[n]` bias in an `[m, n]` tree
+/// runs `n` times on its own, `m * n` times fused). A single element is
+/// computed once per kernel on the CPU, which folds it into the program,
+/// and costs the GPU nothing its memory traffic does not hide. Single-element
 /// constants become literals of the program. The fused step keeps the
 /// root's result, location and pin, and takes the root's place in the
 /// order, after all of its operands.
@@ -86,7 +93,8 @@ pub fn fuse_elementwise_with_cap(ir: &mut Ir, cap: usize) {
                 && readers[v.0] == 1
                 && !requested[v.0]
                 && s.pin == r.pin
-                && s.kernel.outputs[0].shape.broadcasts_to(shape);
+                && s.kernel.outputs[0].shape.broadcasts_to(shape)
+                && pays(s, shape.numel());
             if !joins {
                 continue;
             }
@@ -142,6 +150,19 @@ fn fusible(s: &Step) -> bool {
     matches!(s.kernel.op, Op::Unary(_) | Op::Binary(_) | Op::Cast(_))
         && s.outputs.len() == 1
         && s.kernel.outputs.len() == 1
+}
+
+/// Whether fusing `s` into a tree whose root has `numel` elements computes
+/// nothing costly more often than `s` alone would (see
+/// [`fuse_elementwise_with_cap`]).
+fn pays(s: &Step, numel: usize) -> bool {
+    let own = s.kernel.outputs[0].shape.numel();
+    let costly = match s.kernel.op {
+        Op::Unary(u) => !matches!(u, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu),
+        Op::Binary(b) => matches!(b, BinaryOp::Div | BinaryOp::Pow),
+        _ => false,
+    };
+    own == numel || own <= 1 || !costly
 }
 
 /// The literal a single-element constant step stands for.
@@ -305,6 +326,35 @@ mod tests {
         assert_eq!(count(&ir, "abs"), 1);
         assert_eq!(count(&ir, "sqrt"), 1);
         assert_eq!(count(&ir, "fused"), 3);
+    }
+
+    #[test]
+    fn costly_broadcast_steps_stay_out_of_larger_trees() {
+        let g = Graph::new();
+        let x = g.input("x", DType::F32, [64, 32]).expect("x");
+        let b = g.input("b", DType::F32, [32]).expect("b");
+        let s = g.input("s", DType::F32, [1]).expect("s");
+        let c = g.input("c", DType::F32, [64, 1]).expect("c");
+        // exp(b) would run 64 times per element of b; `* 2` is cheap.
+        let bias = &b.exp().expect("exp") * 2.0;
+        // A single element (folded on the CPU) and the root's own shape
+        // join whatever the cost; so does a cheap broadcast (c + 1).
+        let one = s.sin().expect("sin");
+        let y = (&x + &bias).mul(&one).expect("y");
+        let y = y
+            .tanh()
+            .and_then(|t| t.div(&(&c + 1.0)))
+            .expect("tanh, div");
+        let mut ir = lower(&g, &[&y]);
+        fuse_elementwise(&mut ir);
+        check(&ir);
+        assert_eq!(count(&ir, "exp"), 1, "exp of [32] is its own step");
+        assert_eq!(count(&ir, "fused"), 1);
+        let e = fused_exprs(&ir)[0].to_string();
+        for op in ["mul", "add", "sin", "tanh", "div"] {
+            assert!(e.contains(op), "{op} fused: {e}");
+        }
+        assert!(!e.contains("exp"), "{e}");
     }
 
     #[test]
