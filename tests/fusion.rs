@@ -252,10 +252,20 @@ fn integer_and_mixed_cast_chains() {
 }
 
 #[test]
-fn the_operand_cap_splits_a_wide_tree() {
+fn wide_trees_split_at_the_backends_binding_limit() {
     on_every_device(|d| {
+        // The tightest limit of the plan's backends sets the cap: 16 on
+        // the CPU alone or on an adapter with 18 or more storage buffers.
+        let options = options_on(d);
+        let buffers = options
+            .backends
+            .iter()
+            .filter_map(|b| b.max_kernel_buffers())
+            .min();
+        let cap = tensorgraph::core::passes::OperandCaps::within(buffers).fused;
+        let n: usize = 20;
         let g = Graph::new();
-        let names: Vec<String> = (0..9).map(|i| format!("x{i}")).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("x{i}")).collect();
         let xs: Vec<Tensor> = names
             .iter()
             .map(|n| g.input(n, DType::F32, [65]).expect("input"))
@@ -264,7 +274,9 @@ fn the_operand_cap_splits_a_wide_tree() {
         for x in &xs[1..] {
             out = &out + &(x * 0.5);
         }
-        let arrays: Vec<ArrayD<f32>> = (0..9).map(|i| rand_f32(20 + i, &[65], -1.0, 1.0)).collect();
+        let arrays: Vec<ArrayD<f32>> = (0..n as u64)
+            .map(|i| rand_f32(20 + i, &[65], -1.0, 1.0))
+            .collect();
         let feeds: Vec<(&str, Value)> = names
             .iter()
             .zip(&arrays)
@@ -276,11 +288,21 @@ fn the_operand_cap_splits_a_wide_tree() {
             .iter()
             .filter(|s| matches!(s.kernel.op, Op::Fused(_)))
             .collect();
-        assert!(fused.len() >= 2, "{d}: nine operands need two kernels");
         assert!(
-            fused.iter().all(|s| s.inputs.len() <= 6),
-            "{d}: at most 6 operands"
+            fused.len() >= n.div_ceil(cap),
+            "{d}: {n} operands need {} kernels of {cap}",
+            n.div_ceil(cap)
         );
+        assert!(
+            fused.iter().all(|s| s.inputs.len() <= cap),
+            "{d}: at most {cap} operands"
+        );
+        if cap > 6 {
+            assert!(
+                fused.iter().any(|s| s.inputs.len() > 6),
+                "{d}: kernels as wide as the limit allows, past WebGPU's default"
+            );
+        }
         assert_eq!(
             computing(&plan).len(),
             fused.len(),

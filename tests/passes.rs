@@ -629,7 +629,8 @@ fn passes_on_ten_thousand_nodes_are_fast() {
     for _ in 0..3 {
         let mut ir = ir.clone();
         let start = Instant::now();
-        passes::pipeline(&mut ir, &PassOptions::default(), Some(&cpu)).expect("passes");
+        let caps = passes::OperandCaps::default();
+        passes::pipeline(&mut ir, &PassOptions::default(), Some(&cpu), caps).expect("passes");
         best = best.min(start.elapsed());
         rewritten = Some(ir);
     }

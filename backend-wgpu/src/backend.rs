@@ -361,6 +361,12 @@ impl Backend for WgpuBackend {
         kernel.elementwise_in_place()
     }
 
+    /// The adapter's `max_storage_buffers_per_shader_stage` (the device is
+    /// created with the adapter's own limits).
+    fn max_kernel_buffers(&self) -> Option<usize> {
+        Some(self.gpu.limits.max_storage_buffers_per_shader_stage as usize)
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.gpu
             .device

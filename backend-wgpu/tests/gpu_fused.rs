@@ -509,3 +509,68 @@ fn fused_pipelines_are_cached_by_program_and_layout() {
     assert_eq!(gpu.pipelines_created(), built + 1);
     assert_eq!(gpu.live_buffers(), 0);
 }
+
+/// The fusion pass sizes kernels to the adapter's storage-buffer limit:
+/// a tree of 12 operands is one kernel where the adapter allows 14
+/// buffers or more, and kernels of at most 6 operands on a device held
+/// to WebGPU's default 8, with the same values either way.
+#[test]
+fn fusion_sizes_kernels_to_the_adapters_binding_limit() {
+    let Some(full) = gpu() else { return };
+    let held = match WgpuBackend::with_limits(|l| l.max_storage_buffers_per_shader_stage = 8) {
+        Ok(b) => Arc::new(b),
+        Err(e) => panic!("the adapter opened once already: {e}"),
+    };
+    let n = 12;
+    let g = graph();
+    let names: Vec<String> = (0..n).map(|i| format!("x{i}")).collect();
+    let mut out = None::<tensorgraph_core::Tensor>;
+    for name in &names {
+        let x = g.input(name, F32, [67]).expect("input");
+        let t = &x * 0.5;
+        out = Some(match out {
+            None => t,
+            Some(acc) => &acc + &t,
+        });
+    }
+    let out = out.expect("a tree");
+    let arrays: Vec<ArrayD<f32>> = (0..n as u64).map(|i| array(&[67], 40 + i)).collect();
+    let feeds: Vec<(&str, Value)> = names
+        .iter()
+        .zip(&arrays)
+        .map(|(n, a)| (n.as_str(), a.clone().into()))
+        .collect();
+    let want = arrays
+        .iter()
+        .map(|a| a * 0.5)
+        .reduce(|acc, t| acc + t)
+        .expect("sum");
+    let widths = |plan: &tensorgraph_core::Plan| -> Vec<usize> {
+        let steps = plan.steps().iter();
+        let fused = steps.filter(|s| matches!(s.kernel.op, Op::Fused(_)));
+        fused.map(|s| s.inputs.len()).collect()
+    };
+    let max = full.limits().max_storage_buffers_per_shader_stage as usize;
+    if max >= n + 2 {
+        let plan = compile(&full, &[&out]);
+        assert_eq!(widths(&plan), [n], "one kernel within {max} buffers");
+        assert_close(
+            &plan.run(&feeds).expect("runs")[0],
+            &want,
+            1e-5,
+            "full limits",
+        );
+    }
+    let plan = compile(&held, &[&out]);
+    let w = widths(&plan);
+    assert!(
+        w.len() >= 2 && w.iter().all(|&k| k <= 6),
+        "{w:?} within 8 buffers"
+    );
+    assert_close(
+        &plan.run(&feeds).expect("runs")[0],
+        &want,
+        1e-5,
+        "8 buffers",
+    );
+}

@@ -158,6 +158,13 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// The most storage buffers one kernel may bind, operands and result
+    /// together; `None` where no such limit exists (the CPU). Fusion keeps
+    /// every kernel it builds within the least of the plan's backends.
+    fn max_kernel_buffers(&self) -> Option<usize> {
+        None
+    }
+
     /// Waits until all submitted work has finished.
     fn synchronize(&self) -> Result<()>;
 

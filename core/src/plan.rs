@@ -267,7 +267,11 @@ impl Graph {
             outputs: outputs.into_iter().chain(persisted).collect(),
         };
         let cpu = backends.iter().find(|b| b.device() == Device::Cpu);
-        passes::pipeline(&mut ir, &options.passes, cpu)?;
+        // Fused kernels fit the tightest binding limit of any backend a
+        // step may be placed on.
+        let buffers = backends.iter().filter_map(|b| b.max_kernel_buffers()).min();
+        let caps = passes::OperandCaps::within(buffers);
+        passes::pipeline(&mut ir, &options.passes, cpu, caps)?;
         let passes::Ir {
             steps,
             types,

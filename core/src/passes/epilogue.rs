@@ -6,70 +6,30 @@
 
 use std::sync::Arc;
 
+use crate::Op;
 use crate::fused::{FusedExpr, Instr};
-use crate::passes::Ir;
+use crate::passes::{Ir, OperandCaps};
 use crate::plan::{Step, ValueId};
-use crate::{DType, Op};
 
-/// Most extra operands an epilogue may read: with the two matmul operands
-/// and the output that is 8 storage buffers, WebGPU's default per stage.
-pub const MAX_EXTRA_OPERANDS: usize = 5;
-
-/// The program of an elementwise step: a fused one's own, or a single
-/// unary/binary/cast op as a program over its distinct operands (returned
-/// alongside, in kernel operand order).
+/// The program of an elementwise step (see [`Kernel::elementwise_program`])
+/// over its distinct operands (returned alongside, in kernel operand
+/// order): `x * x` reads one operand twice.
+///
+/// [`Kernel::elementwise_program`]: crate::Kernel::elementwise_program
 fn program_of(step: &Step) -> Option<(FusedExpr, Vec<ValueId>)> {
-    let out = step.kernel.outputs.first()?.dtype;
-    let dtype_of = |v: ValueId| -> Option<DType> {
-        step.inputs
-            .iter()
-            .position(|&u| u == v)
-            .and_then(|k| step.kernel.inputs.get(k))
-            .map(|t| t.dtype)
-    };
-    match &step.kernel.op {
-        Op::Fused(e) => Some(((**e).clone(), step.inputs.clone())),
-        Op::Unary(u) => {
-            let x = *step.inputs.first()?;
-            Some((
-                FusedExpr {
-                    instrs: vec![Instr::Input(0), Instr::Unary(*u, 0)],
-                    dtypes: vec![dtype_of(x)?, out],
-                },
-                vec![x],
-            ))
-        }
-        Op::Cast(to) => {
-            let x = *step.inputs.first()?;
-            Some((
-                FusedExpr {
-                    instrs: vec![Instr::Input(0), Instr::Cast(*to, 0)],
-                    dtypes: vec![dtype_of(x)?, out],
-                },
-                vec![x],
-            ))
-        }
-        Op::Binary(b) => {
-            let (x, y) = (*step.inputs.first()?, *step.inputs.get(1)?);
-            if x == y {
-                return Some((
-                    FusedExpr {
-                        instrs: vec![Instr::Input(0), Instr::Binary(*b, 0, 0)],
-                        dtypes: vec![dtype_of(x)?, out],
-                    },
-                    vec![x],
-                ));
-            }
-            Some((
-                FusedExpr {
-                    instrs: vec![Instr::Input(0), Instr::Input(1), Instr::Binary(*b, 0, 1)],
-                    dtypes: vec![dtype_of(x)?, dtype_of(y)?, out],
-                },
-                vec![x, y],
-            ))
-        }
-        _ => None,
-    }
+    let expr = step.kernel.elementwise_program()?;
+    let mut operands: Vec<ValueId> = Vec::with_capacity(step.inputs.len());
+    let map: Vec<usize> = step
+        .inputs
+        .iter()
+        .map(|&v| {
+            operands.iter().position(|&u| u == v).unwrap_or_else(|| {
+                operands.push(v);
+                operands.len() - 1
+            })
+        })
+        .collect();
+    Some((remap(&expr, &map), operands))
 }
 
 /// Renumbers a program's inputs: operand `old` becomes `map[old]`.
@@ -87,8 +47,17 @@ fn remap(expr: &FusedExpr, map: &[usize]) -> FusedExpr {
     }
 }
 
-/// Folds elementwise tails into matmuls and heads into reductions.
+/// Folds elementwise tails into matmuls and heads into reductions, with
+/// the operand caps within WebGPU's default 8 storage buffers
+/// ([`OperandCaps::default`]); plans use their backends' own limits.
 pub fn fuse_epilogues(ir: &mut Ir) {
+    fuse_epilogues_with_caps(ir, OperandCaps::default());
+}
+
+/// Folds elementwise tails into matmuls (at most `caps.epilogue` operands
+/// besides the matrices) and heads into reductions (at most `caps.fused`
+/// operands).
+pub fn fuse_epilogues_with_caps(ir: &mut Ir, caps: OperandCaps) {
     let values = ir.types.len();
     let mut producer = vec![usize::MAX; values];
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); values];
@@ -127,7 +96,7 @@ pub fn fuse_epilogues(ir: &mut Ir) {
                         && operands.iter().filter(|&&u| u == v).count() == 1
                 });
                 let Some(pos) = product else { continue };
-                if operands.len() - 1 > MAX_EXTRA_OPERANDS {
+                if operands.len() - 1 > caps.epilogue {
                     continue;
                 }
                 let m = producer[operands[pos].0];
@@ -176,7 +145,7 @@ pub fn fuse_epilogues(ir: &mut Ir) {
                 let Some((expr, operands)) = program_of(&ir.steps[e]) else {
                     continue;
                 };
-                if operands.len() > MAX_EXTRA_OPERANDS + 1 {
+                if operands.len() > caps.fused {
                     continue;
                 }
                 tracing::debug!(target: "tensorgraph", "prologue: {} into {}", ir.steps[e].name, step.name);

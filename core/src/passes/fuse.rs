@@ -6,17 +6,14 @@ use std::sync::Arc;
 
 use crate::backend::Kernel;
 use crate::fused::{FusedExpr, Instr, Scalar};
-use crate::passes::Ir;
+use crate::passes::{Ir, OperandCaps};
 use crate::plan::{Step, ValueId};
 use crate::{BinaryOp, Op, UnaryOp, Value};
 
-/// Most distinct operands one fused kernel reads. With its output that is
-/// 7 storage buffers, inside the 8 a WebGPU stage gets by default.
-pub const MAX_OPERANDS: usize = 6;
-
-/// Fuses with the default operand cap, [`MAX_OPERANDS`].
+/// Fuses with the operand cap within WebGPU's default 8 storage buffers
+/// ([`OperandCaps::default`]); plans use their backends' own limits.
 pub fn fuse_elementwise(ir: &mut Ir) {
-    fuse_elementwise_with_cap(ir, MAX_OPERANDS);
+    fuse_elementwise_with_cap(ir, OperandCaps::default().fused);
 }
 
 /// Replaces each maximal tree of elementwise steps (two or more) with one

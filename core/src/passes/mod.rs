@@ -71,9 +71,55 @@ impl PassOptions {
     }
 }
 
+/// How many operands the kernels fusion builds may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperandCaps {
+    /// Distinct operands of a fused elementwise kernel, and of a
+    /// reduction with its prologue.
+    pub fused: usize,
+    /// Operands of a matmul epilogue besides the two matrices.
+    pub epilogue: usize,
+}
+
+impl OperandCaps {
+    /// Most operands of any fused kernel: past this a program grows
+    /// without saving a pass over memory worth its registers.
+    pub const CEILING: usize = 16;
+
+    /// Caps for kernels that may bind at most `buffers` storage buffers
+    /// (`None`: no binding limit). A fused kernel binds its operands and
+    /// its result, and keeps one binding spare; a matmul epilogue binds
+    /// the two matrices and the result besides its operands. WebGPU's
+    /// default of 8 gives 6 and 5.
+    pub fn within(buffers: Option<usize>) -> Self {
+        let cap = |fixed: usize| {
+            buffers.map_or(Self::CEILING, |b| {
+                b.saturating_sub(fixed).clamp(1, Self::CEILING)
+            })
+        };
+        OperandCaps {
+            fused: cap(2),
+            epilogue: cap(3),
+        }
+    }
+}
+
+impl Default for OperandCaps {
+    /// The caps within WebGPU's default 8 storage buffers.
+    fn default() -> Self {
+        OperandCaps::within(Some(8))
+    }
+}
+
 /// Runs the enabled passes in order. `cpu` evaluates constant folds;
-/// without it folding is skipped.
-pub fn pipeline(ir: &mut Ir, options: &PassOptions, cpu: Option<&Arc<dyn Backend>>) -> Result<()> {
+/// without it folding is skipped. Fused kernels read at most `caps`
+/// operands.
+pub fn pipeline(
+    ir: &mut Ir,
+    options: &PassOptions,
+    cpu: Option<&Arc<dyn Backend>>,
+    caps: OperandCaps,
+) -> Result<()> {
     // Evaluate steps whose operands are all constants, once, on the CPU.
     if let (true, Some(cpu)) = (options.constant_folding, cpu) {
         fold::fold_constants(ir, cpu)?;
@@ -92,11 +138,11 @@ pub fn pipeline(ir: &mut Ir, options: &PassOptions, cpu: Option<&Arc<dyn Backend
     }
     // Trees of elementwise steps become one kernel each (one pass over memory).
     if options.fusion {
-        fuse::fuse_elementwise(ir);
+        fuse::fuse_elementwise_with_cap(ir, caps.fused);
     }
     // Elementwise tails into matmuls, elementwise heads into reductions.
     if options.epilogues {
-        epilogue::fuse_epilogues(ir);
+        epilogue::fuse_epilogues_with_caps(ir, caps);
     }
     Ok(())
 }
