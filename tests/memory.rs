@@ -222,3 +222,74 @@ fn lone_elementwise_ops_run_in_place() {
         assert_eq_i32(&i32_of(out[1].clone()), &qv, "i32 chain");
     });
 }
+
+/// Across two devices at once: branches pinned to the GPU and to the CPU
+/// run on their own lanes, at the same time, with transfers between them.
+/// Each device's measured peak and allocation count still equal the plan's
+/// (the planner walks one order; each device's own steps and the
+/// transfers into it keep that order on its lane), run after run, and
+/// the results match ndarray.
+#[test]
+fn two_devices_at_once_use_memory_as_planned() {
+    if !devices().contains(&Device::Gpu) {
+        return;
+    }
+    let (n, k) = (300, 64);
+    let g = Graph::new();
+    let x = g.input("x", DType::F32, [n, k]).expect("x");
+    let w = g.input("w", DType::F32, [k, k]).expect("w");
+    // GPU: a matmul chain; CPU: elementwise work on x; joined on the CPU.
+    let mut h = x.clone().on(Device::Gpu);
+    for _ in 0..3 {
+        h = h
+            .matmul(&w)
+            .and_then(|t| t.tanh())
+            .expect("gpu layer")
+            .on(Device::Gpu);
+    }
+    let c = x
+        .sin()
+        .and_then(|t| t.mul(&x))
+        .and_then(|t| t.exp())
+        .expect("cpu branch")
+        .on(Device::Cpu);
+    let y = h
+        .add(&c)
+        .and_then(|t| t.sum(&[1], false))
+        .expect("join")
+        .on(Device::Cpu);
+    let mut options = tensorgraph::options(Device::Auto).expect("options");
+    options.passes = tensorgraph::PassOptions::none();
+    let plan = g.compile(&[&y], &options).expect("compile");
+    let on_gpu = plan.steps().iter().filter(|s| s.device == 1).count();
+    assert!(on_gpu >= 6, "{on_gpu} steps on the GPU");
+    let (xv, wv) = (
+        rand_f32(60, &[n, k], -1.0, 1.0),
+        rand_f32(61, &[k, k], -0.2, 0.2),
+    );
+    let feeds = [
+        ("x", Value::from(xv.clone())),
+        ("w", Value::from(wv.clone())),
+    ];
+    let mut hv = xv.clone();
+    for _ in 0..3 {
+        hv = dot(&hv, &wv).mapv(f32::tanh);
+    }
+    let cv = xv.mapv(|v| (v.sin() * v).exp());
+    let want = (&hv + &cv).sum_axis(ndarray::Axis(1));
+    for run in 0..4 {
+        let (out, stats) = plan.run_with_stats(&feeds).expect("run");
+        let planned = plan.planned_memory();
+        let peaks: Vec<usize> = planned.iter().map(|m| m.peak_bytes).collect();
+        let allocations: Vec<usize> = planned.iter().map(|m| m.allocations).collect();
+        assert_eq!(
+            stats.peak_bytes, peaks,
+            "run {run}: measured peak bytes per device"
+        );
+        assert_eq!(
+            stats.allocations, allocations,
+            "run {run}: allocations per device"
+        );
+        assert_close(&f32_of(out[0].clone()), &want, 1e-4, 1e-4, "two devices");
+    }
+}
