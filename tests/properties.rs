@@ -333,23 +333,29 @@ fn assert_agree(b: &Built, got: &[Value], expected: &[Value], what: &str) {
     }
 }
 
-/// Passes on vs off on the CPU, and every other device (passes on) vs
-/// the CPU without passes.
+/// Every device with passes on, and every other device with passes off
+/// too, vs the CPU without passes.
 fn check(p: &Program) {
     let b = build_program(p);
     let reference = compile(&b, Device::Cpu, PassOptions::none()).expect("the CPU runs every op");
     let expected = run(&b, &reference, "cpu, passes off");
     for device in devices() {
-        let Some(plan) = compile(&b, device, PassOptions::default()) else {
-            continue;
-        };
-        let got = run(&b, &plan, &format!("{device}, passes on"));
-        assert_agree(
-            &b,
-            &got,
-            &expected,
-            &format!("{device} with passes vs cpu without"),
-        );
+        let mut variants = vec![("with", PassOptions::default())];
+        if device != Device::Cpu {
+            variants.push(("without", PassOptions::none()));
+        }
+        for (with, passes) in variants {
+            let Some(plan) = compile(&b, device, passes) else {
+                continue;
+            };
+            let got = run(&b, &plan, &format!("{device}, passes {with}"));
+            assert_agree(
+                &b,
+                &got,
+                &expected,
+                &format!("{device} {with} passes vs cpu without"),
+            );
+        }
     }
 }
 
