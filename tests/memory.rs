@@ -146,8 +146,8 @@ fn chain_of_diamonds() {
 /// whose operand of the result's exact type dies there writes over that
 /// operand: operand 0 or 1, with the other operand broadcast or a
 /// literal, in f32 and i32, over a shape that crosses workgroup and
-/// vector edges. Feeds, dtype changes and values read twice are never
-/// donors. Results match ndarray; measured memory matches the plan.
+/// vector edges. Feeds, smaller broadcast operands, dtype changes and
+/// values read twice are never donors. Results match ndarray; measured memory matches the plan.
 #[test]
 fn lone_elementwise_ops_run_in_place() {
     on_every_device(|d| {
@@ -157,7 +157,8 @@ fn lone_elementwise_ops_run_in_place() {
         let b = g.input("b", DType::F32, [n]).expect("b");
         let i = g.input("i", DType::I32, [m, n]).expect("i");
         let e = x.exp().expect("exp"); // x is a feed: a new buffer
-        let s = e.add(&b).expect("add"); // over e (operand 0)
+        let eb = b.exp().expect("exp b"); // [n]: dies at the add, but smaller
+        let s = eb.add(&e).expect("add").named("eb_plus_e"); // over e (operand 1)
         let t = b.sub(&s).expect("sub").named("b_minus_s"); // over s (operand 1)
         let u = &t * 0.5; // over t, with a literal
         let v = u.neg().expect("neg"); // over u
@@ -187,6 +188,7 @@ fn lone_elementwise_ops_run_in_place() {
             step.unwrap_or_else(|| panic!("{d}: no step {name}"))
                 .in_place
         };
+        assert_eq!(donor_of("eb_plus_e"), Some(1), "{d}: exp(b) + e over e");
         assert_eq!(donor_of("b_minus_s"), Some(1), "{d}: b - s over s");
         assert_eq!(donor_of("v_plus_v"), None, "{d}: v + v reads v twice");
         for step in plan.steps() {
@@ -212,7 +214,7 @@ fn lone_elementwise_ops_run_in_place() {
         assert_eq!(stats.peak_bytes, peaks, "{d}: measured peak bytes");
         assert_eq!(stats.allocations, allocations, "{d}: measured allocations");
 
-        let uv = (&bv - &(xv.mapv(f32::exp) + &bv)) * 0.5;
+        let uv = (&bv - &(xv.mapv(f32::exp) + &bv.mapv(f32::exp))) * 0.5;
         let fv = uv.mapv(|a| (-a + -a).tanh());
         assert_close(&f32_of(out[0].clone()), &fv, 1e-5, 1e-6, "f32 chain");
         // f32 -> i32 truncates toward zero (|x| <= 2: no saturation).

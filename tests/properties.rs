@@ -297,11 +297,13 @@ fn build_program(p: &Program) -> Built {
     }
 }
 
-/// Compiles with `passes` for `device`; `None` when the device does not
-/// support a kernel.
-fn compile(b: &Built, device: Device, passes: PassOptions) -> Option<Plan> {
+/// Compiles with `passes` for `device`, writing in place where the
+/// planner can when `in_place`; `None` when the device does not support a
+/// kernel.
+fn compile(b: &Built, device: Device, passes: PassOptions, in_place: bool) -> Option<Plan> {
     let mut options = tensorgraph::options(device).expect("options for an available device");
     options.passes = passes;
+    options.in_place = in_place;
     let refs: Vec<&Tensor> = b.outputs.iter().collect();
     match b.g.compile(&refs, &options) {
         Ok(plan) => Some(plan),
@@ -333,19 +335,19 @@ fn assert_agree(b: &Built, got: &[Value], expected: &[Value], what: &str) {
     }
 }
 
-/// Every device with passes on, and every other device with passes off
-/// too, vs the CPU without passes.
+/// Every device with passes on and with passes off (lone steps then
+/// written in place), vs the CPU node by node with nothing in place.
 fn check(p: &Program) {
     let b = build_program(p);
-    let reference = compile(&b, Device::Cpu, PassOptions::none()).expect("the CPU runs every op");
-    let expected = run(&b, &reference, "cpu, passes off");
+    let reference =
+        compile(&b, Device::Cpu, PassOptions::none(), false).expect("the CPU runs every op");
+    let expected = run(&b, &reference, "cpu, passes off, nothing in place");
     for device in devices() {
-        let mut variants = vec![("with", PassOptions::default())];
-        if device != Device::Cpu {
-            variants.push(("without", PassOptions::none()));
-        }
-        for (with, passes) in variants {
-            let Some(plan) = compile(&b, device, passes) else {
+        for (with, passes) in [
+            ("with", PassOptions::default()),
+            ("without", PassOptions::none()),
+        ] {
+            let Some(plan) = compile(&b, device, passes, true) else {
                 continue;
             };
             let got = run(&b, &plan, &format!("{device}, passes {with}"));
@@ -397,7 +399,12 @@ fn random_graphs_exercise_every_pass() {
         let p = strategy.new_tree(&mut runner).expect("a program").current();
         let b = build_program(&p);
         built += b.ops_built;
-        let steps = |passes| compile(&b, Device::Cpu, passes).expect("cpu").steps().len();
+        let steps = |passes| {
+            compile(&b, Device::Cpu, passes, true)
+                .expect("cpu")
+                .steps()
+                .len()
+        };
         let none = steps(PassOptions::none());
         for (k, (_, passes)) in passes.iter().enumerate() {
             if steps(*passes) < none {

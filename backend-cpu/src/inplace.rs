@@ -41,8 +41,9 @@ impl CpuBackend {
             &step.kernel.outputs[..],
         ) else {
             return Err(fail(format!(
-                "{} of {} results does not run in place",
+                "{} ({} operands, {} results) does not run in place",
                 step.kernel.op.name(),
+                step.inputs.len(),
                 step.outputs.len()
             )));
         };

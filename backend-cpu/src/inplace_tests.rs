@@ -1,7 +1,7 @@
-//! In-place execution: fused steps that write their result over a dying
-//! operand's buffer, checked against the same graphs compiled without
-//! passes and with in-place writing off, plain ndarray, and the memory
-//! plan.
+//! In-place execution: elementwise steps (fused, or lone ops run as
+//! one-op programs) that write their result over a dying operand's
+//! buffer, checked against the same graphs compiled without passes and
+//! with in-place writing off, plain ndarray, and the memory plan.
 
 use std::sync::Arc;
 

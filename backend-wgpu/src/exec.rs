@@ -143,8 +143,17 @@ impl WgpuBackend {
                 ty: slot.ty,
             });
         }
+        // A lone elementwise op runs in place as a one-op program, made
+        // before the donor changes owner.
+        let program = match step.in_place {
+            Some(_) => Some(
+                k.elementwise_program()
+                    .ok_or_else(|| fail(format!("{} does not run in place", k.op.name())))?,
+            ),
+            None => None,
+        };
         // After the operands are bound: the donor leaves the table here.
-        if let Some(id) = take_in_place(step, env)? {
+        if let (Some(program), Some(id)) = (program, take_in_place(step, env)?) {
             let (Some(&out), Some(ty), [_]) =
                 (step.outputs.first(), k.outputs.first(), &step.outputs[..])
             else {
@@ -162,10 +171,6 @@ impl WgpuBackend {
                 buffer: slot.buffer,
                 ty: ty.clone(),
             };
-            // A lone elementwise op runs in place as a one-op program.
-            let program = k
-                .elementwise_program()
-                .ok_or_else(|| fail(format!("{} does not run in place", k.op.name())))?;
             return lower(rec, &Op::Fused(program), &inputs, &[y], step.in_place).map_err(fail);
         }
         let mut outputs = Vec::with_capacity(step.outputs.len());

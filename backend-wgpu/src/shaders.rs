@@ -342,7 +342,46 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(MatMulProgram::plain(d).with_views(false).shader_key());
     }
     out.extend(fused_samples());
+    out.extend(lone_in_place());
     out
+}
+
+/// Every lone unary, binary and cast op the GPU runs in place, as the
+/// one-op program it runs (`Kernel::elementwise_program`): in the flat
+/// form over operand 0, and for binary ops also in the strided form over
+/// operand 1 beside a broadcast operand 0.
+fn lone_in_place() -> Vec<ShaderKey> {
+    use tensorgraph_core::{Kernel, Op, TensorType};
+    let mut keys = Vec::new();
+    for d in [DType::F32, DType::I32] {
+        let full = TensorType::new(d, vec![4, 8]);
+        let row = TensorType::new(d, vec![8]);
+        let mut cases: Vec<(Op, Vec<TensorType>, usize)> = Vec::new();
+        for &u in &UnaryOp::ALL {
+            cases.push((Op::Unary(u), vec![full.clone()], 0));
+        }
+        for &b in &BinaryOp::ALL {
+            cases.push((Op::Binary(b), vec![full.clone(), full.clone()], 0));
+            cases.push((Op::Binary(b), vec![row.clone(), full.clone()], 1));
+        }
+        cases.push((Op::Cast(d), vec![full.clone()], 0));
+        for (op, inputs, k) in cases {
+            let kernel = Kernel {
+                op,
+                inputs,
+                outputs: vec![full.clone()],
+            };
+            let Some(expr) = kernel.elementwise_program() else {
+                continue;
+            };
+            // Ops the GPU does not define for `d` (exp of i32) are refused
+            // by `supports` and never run.
+            if let Ok(p) = FusedProgram::new(&expr, &kernel.inputs, &full) {
+                keys.extend(p.in_place(k).ok().map(FusedProgram::shader_key));
+            }
+        }
+    }
+    keys
 }
 
 /// Two small fused programs, `exp(x) * y + 1` over operands of the

@@ -78,6 +78,9 @@ pub fn fuse_elementwise_with_cap(ir: &mut Ir, cap: usize) {
                 operands.push(v);
             }
         }
+        if operands.len() > cap {
+            continue;
+        }
         let mut members = vec![root];
         group[root] = root;
         stack.clear();
@@ -379,6 +382,17 @@ mod tests {
             0,
             "every op is in a kernel"
         );
+        // A cap below a binary root's own two operands: only unary chains
+        // (one operand) fuse.
+        let mut ir = lower(&g, &[&t]);
+        fuse_elementwise_with_cap(&mut ir, 1);
+        check(&ir);
+        assert!(
+            ir.steps
+                .iter()
+                .all(|s| s.inputs.len() <= 1 || s.kernel.op.name() != "fused")
+        );
+        assert_eq!(count(&ir, "add"), 9, "no add fuses");
     }
 
     #[test]

@@ -90,11 +90,12 @@ impl OperandCaps {
     /// (`None`: no binding limit). A fused kernel binds its operands and
     /// its result, and keeps one binding spare; a matmul epilogue binds
     /// the two matrices and the result besides its operands. WebGPU's
-    /// default of 8 gives 6 and 5.
+    /// default of 8 (every adapter allows at least that) gives 6 and 5.
+    /// Below 4 buffers nothing fuses: a binary op alone binds 3.
     pub fn within(buffers: Option<usize>) -> Self {
         let cap = |fixed: usize| {
             buffers.map_or(Self::CEILING, |b| {
-                b.saturating_sub(fixed).clamp(1, Self::CEILING)
+                b.saturating_sub(fixed).min(Self::CEILING)
             })
         };
         OperandCaps {
@@ -252,5 +253,27 @@ pub(crate) mod testing {
         for v in &ir.outputs {
             assert!(made[v.0], "requested {v} is not produced");
         }
+    }
+}
+
+#[cfg(test)]
+mod caps_tests {
+    use super::OperandCaps;
+
+    #[test]
+    fn operand_caps_follow_the_binding_limit() {
+        let caps = |b: Option<usize>| {
+            let c = OperandCaps::within(b);
+            (c.fused, c.epilogue)
+        };
+        assert_eq!(caps(None), (16, 16), "no limit: the ceiling");
+        assert_eq!(caps(Some(8)), (6, 5), "WebGPU's default");
+        assert_eq!(OperandCaps::default(), OperandCaps::within(Some(8)));
+        assert_eq!(caps(Some(12)), (10, 9));
+        assert_eq!(caps(Some(32)), (16, 16), "lavapipe: the ceiling");
+        assert_eq!(caps(Some(1 << 20)), (16, 16));
+        assert_eq!(caps(Some(4)), (2, 1));
+        assert_eq!(caps(Some(3)), (1, 0), "too few for a binary op");
+        assert_eq!(caps(Some(0)), (0, 0));
     }
 }
