@@ -145,13 +145,13 @@ impl WgpuBackend {
         }
         // A lone elementwise op runs in place as a one-op program, made
         // before the donor changes owner.
-        let program = match step.in_place {
-            Some(_) => Some(
+        let program = step
+            .in_place
+            .map(|_| {
                 k.elementwise_program()
-                    .ok_or_else(|| fail(format!("{} does not run in place", k.op.name())))?,
-            ),
-            None => None,
-        };
+                    .ok_or_else(|| fail(format!("{} does not run in place", k.op.name())))
+            })
+            .transpose()?;
         // After the operands are bound: the donor leaves the table here.
         if let (Some(program), Some(id)) = (program, take_in_place(step, env)?) {
             let (Some(&out), Some(ty), [_]) =

@@ -8,7 +8,7 @@ use crate::backend::Kernel;
 use crate::fused::{FusedExpr, Instr, Scalar};
 use crate::passes::{Ir, OperandCaps};
 use crate::plan::{Step, ValueId};
-use crate::{BinaryOp, Op, UnaryOp, Value};
+use crate::{BinaryOp, Op, Value};
 
 /// Fuses with the operand cap within WebGPU's default 8 storage buffers
 /// ([`OperandCaps::default`]); plans use their backends' own limits.
@@ -158,7 +158,8 @@ fn fusible(s: &Step) -> bool {
 fn pays(s: &Step, numel: usize) -> bool {
     let own = s.kernel.outputs[0].shape.numel();
     let costly = match s.kernel.op {
-        Op::Unary(u) => !matches!(u, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu),
+        // The transcendentals (and sqrt) are the float-only unary ops.
+        Op::Unary(u) => u.float_only(),
         Op::Binary(b) => matches!(b, BinaryOp::Div | BinaryOp::Pow),
         _ => false,
     };
